@@ -89,6 +89,9 @@ class RayExecutor:
             if address:
                 ray.init(address=address, **kwargs)
             else:
+                # a local instance keeps Ray's token authentication on; its notice about that
+                # would only interrupt the progress bar
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
                 ray.init(num_cpus=workers, **kwargs)
             self._started = True
         resources = ray.cluster_resources()
