@@ -694,13 +694,15 @@ def generate_init_source(program: Program, info: CheckInfo | None = None, fn_nam
 
 
 def generate_needed_source(program: Program, info: CheckInfo | None = None, fn_name: str = "needed_states") -> str:
-    """Source of ``needed_states(v_rows, v_cols, ..., v_is_hidden) -> set``: the states that
-    the statements a parameter can reach read or write, with if-conditions on its shape and role
+    """Source of ``needed_states(v_rows, v_cols, ..., v_is_hidden) -> set``: the states (and
+    ``"t"`` when the step count is read) that the statements a parameter can reach read or write, with if-conditions on its shape and role
     alone decided (others, which may change from step to step, count both branches), closed
     over the states' initialisers. Other states are never allocated for that parameter."""
     info = info or check(program)
     gen = _Gen(program, info)
-    states = {s.name for s in program.states}
+    # the step count t is tracked like a state: a parameter whose routing never reads it keeps
+    # no step counter (Muon's hidden matrices hold only their momentum, as torch.optim.Muon's do)
+    states = {s.name for s in program.states} | {"t"}
     lines = [f"def {fn_name}({', '.join(_var(n) for n in SHAPE_INPUTS)}):", "    need = set()"]
 
     def walk(body, indent):
@@ -727,6 +729,7 @@ def generate_needed_source(program: Program, info: CheckInfo | None = None, fn_n
 
     walk(program.body, "    ")
     deps = {s.name: sorted(names_in(s.init) & states) for s in program.states}
+    deps["t"] = []
     lines += [f"    deps = {deps!r}", "    todo = list(need)", "    while todo:",
               "        for d in deps[todo.pop()]:", "            if d not in need:",
               "                need.add(d)", "                todo.append(d)", "    return need"]

@@ -196,7 +196,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
         need = type(self)._needed_states(*info)
         first = type(self)._init_state(hyper, p.reshape(lay), g.reshape(lay), 1,
                                         None if hd is None else hd.reshape(lay), *info, need)
-        if self.USES_T:
+        if self.USES_T and "t" in need:
             state[STEP_KEY] = torch.zeros((), dtype=torch.float32)
         self._from_program(first, p, state)
         for n in self.STATE_NAMES:  # own storage, never a view of the parameter or gradient
@@ -260,7 +260,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
         step = type(self)._step_tensor
         for p, g, state, info, hd in entries:
             t = 1
-            if self.USES_T:
+            if STEP_KEY in state:
                 state[STEP_KEY] += 1
                 t = int(state[STEP_KEY].item())
             lay = (1, info[0], info[1])
@@ -271,12 +271,13 @@ class ProgramOptimizer(torch.optim.Optimizer):
             self._from_program(new_s, p, state)
 
     def _run_foreach(self, entries, hyper):
-        if self.USES_T:
-            steps = [e[2][STEP_KEY] for e in entries]
+        ts = [1] * len(entries)
+        counted = [i for i, e in enumerate(entries) if STEP_KEY in e[2]]
+        if counted:
+            steps = [entries[i][2][STEP_KEY] for i in counted]
             torch._foreach_add_(steps, 1.0)
-            ts = [int(st.item()) for st in steps]
-        else:
-            ts = [1] * len(entries)
+            for i, st in zip(counted, steps):
+                ts[i] = int(st.item())
         buckets = {}
         for e, t in zip(entries, ts):
             p, info = e[0], e[3]
@@ -342,7 +343,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
         tables = {}  # parameters with the same static values share one tensor (one copy to a GPU)
         for p, g, state, info, hd in entries:
             t = 1
-            if self.USES_T:
+            if STEP_KEY in state:
                 state[STEP_KEY] += 1
                 t = int(state[STEP_KEY].item())
             numbers, conds = statics(hyper, t, *info)

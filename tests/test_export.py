@@ -727,3 +727,36 @@ def test_state_holds_only_what_the_program_declares(make):
     nbytes = lambda o: sum(v.numel() * v.element_size() for s in o.state.values() for v in s.values())  # noqa: E731
     assert nbytes(opt) == nbytes(ref_opt)
     assert max_diff(ours, ref) < 1e-7
+
+
+def test_step_count_is_kept_only_where_the_routing_reads_t(make):
+    """The library's Muon reads t only in its AdamW branch: hidden matrices keep their momentum
+    alone (state bytes equal torch.optim.Muon's), vectors keep a step count, and a resumed run
+    still equals an uninterrupted one."""
+    from optdisco import library
+
+    prog = library.load("muon")
+    hidden = [torch.nn.Parameter(torch.randn(8, 6, generator=torch.Generator().manual_seed(i))) for i in range(2)]
+    vector = torch.nn.Parameter(torch.randn(6, generator=torch.Generator().manual_seed(9)))
+    opt = make(prog, [{"params": hidden}, {"params": [vector]}])
+    ref = torch.optim.Muon([h.detach().clone().requires_grad_() for h in hidden])
+    for i in range(3):
+        for p in hidden + [vector] + list(ref.param_groups[0]["params"]):
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 + i))
+        opt.step()
+        ref.step()
+    assert all("step" not in opt.state[h] for h in hidden)
+    assert "step" in opt.state[vector] and int(opt.state[vector]["step"]) == 3
+    nbytes = lambda o, ps: sum(v.numel() * v.element_size() for p in ps for v in o.state[p].values())  # noqa: E731
+    assert nbytes(opt, hidden) == nbytes(ref, ref.param_groups[0]["params"])
+    # resume from the state dict: the next step equals the uninterrupted optimizer's
+    clone = [torch.nn.Parameter(p.detach().clone()) for p in hidden + [vector]]
+    opt2 = make(prog, [{"params": clone[:2]}, {"params": clone[2:]}])
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for p, q in zip(hidden + [vector], clone):
+        p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(7))
+        q.grad = p.grad.clone()
+    opt.step()
+    opt2.step()
+    for p, q in zip(hidden + [vector], clone):
+        assert torch.equal(p, q)
