@@ -63,6 +63,7 @@ end
 """
 
 SHAPE = (256, 4096)
+FLUSH_BYTES = 256 << 20  # larger than any CPU's last-level cache here and an H100's L2
 
 
 def _program(name: str) -> str:
@@ -115,7 +116,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_size(count: int, device, names, repeats: int, warmup: int, compile_ok: bool):
+def run_size(count: int, device, names, repeats: int, warmup: int, compile_ok: bool, warm_cache: bool = False):
     n = count * SHAPE[0] * SHAPE[1]
     gen = torch.Generator(device="cpu").manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(SHAPE, generator=gen).to(device)) for _ in range(count)]
@@ -125,6 +126,11 @@ def run_size(count: int, device, names, repeats: int, warmup: int, compile_ok: b
 
     def triad():  # c = a + s*b over N floats: 12·N bytes, the machine's practical bandwidth
         torch.add(ta, tb, alpha=0.5, out=tc)
+
+    # Before each timed step, unless --warm-cache: write a buffer larger than the last-level
+    # cache, as a model's forward and backward passes do between two optimizer steps, so every
+    # candidate starts cold whatever ran before it.
+    flush = torch.zeros(0 if warm_cache else FLUSH_BYTES // 4, device=device)
 
     print(f"\n== {n / 1e6:.1f}M float32 elements ({count} x {SHAPE[0]}x{SHAPE[1]}) on {device} ==")
     print(f"{'optimizer':28s} {'step ms':>9s} {'vs ref':>16s} {'state MB':>9s} {'scratch MB':>10s} "
@@ -147,6 +153,7 @@ def run_size(count: int, device, names, repeats: int, warmup: int, compile_ok: b
         reps = max(3, repeats * 10 // count) if name != "muon" else max(2, repeats // 2)
         for _ in range(reps):  # interleaved: every candidate sees the same machine load
             for i, fn in enumerate([o.step for o in opts] + [triad]):
+                flush.add_(1.0)
                 sync(device)
                 t0 = time.perf_counter()
                 fn()
@@ -183,12 +190,15 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--devices", nargs="+", default=None)
+    ap.add_argument("--warm-cache", action="store_true",
+                    help="do not flush the cache before each timed step (steps then see what the previous left)")
     args = ap.parse_args(argv)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     for dev in devices:
         for count in args.sizes:
-            run_size(count, torch.device(dev), args.optimizers, args.repeats, args.warmup, not args.no_compile)
+            run_size(count, torch.device(dev), args.optimizers, args.repeats, args.warmup, not args.no_compile,
+                     args.warm_cache)
     return 0
 
 
