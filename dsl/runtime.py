@@ -337,10 +337,20 @@ def eigvecs(x):
 
 
 def matpow(x, p):
+    """x^p of the symmetric part of x by eigendecomposition; negative eigenvalues count as 0.
+    For a negative power, eigenvalues below n·eps·λ_max (eps of x's dtype) are raised to that
+    floor: they are rounding noise of a singular matrix, and raising them to a negative power
+    would give inf or a huge spurious direction (a pseudo-inverse's cut-off, as numpy's pinv)."""
     vals, vecs = torch.linalg.eigh(_sym(x))
     if _t(p):
         p = p.reshape(p.shape[:-2] + (1,)) if p.dim() >= 2 else p
-    powered = vals.clamp_min(0) ** p
+    vals = vals.clamp_min(0)
+    floor = vals.amax(-1, keepdim=True) * (vals.shape[-1] * torch.finfo(vals.dtype).eps)
+    if _t(p):
+        vals = torch.where(p < 0, torch.maximum(vals, floor), vals)
+    elif p < 0:
+        vals = torch.maximum(vals, floor)
+    powered = vals**p
     return (vecs * powered.unsqueeze(-2)) @ vecs.transpose(-2, -1)
 
 

@@ -485,6 +485,24 @@ def test_swan_keeps_no_state_and_whitens():
     torch.testing.assert_close(gram / gram[0, 0], torch.eye(5, dtype=F64), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("shape", [(64, 32), (32, 64), (64, 64)])
+def test_swan_float32_step_is_finite_where_row_centering_makes_the_gradient_singular(shape):
+    """In float32, eigh of G̃·G̃ᵀ + eps_w·I (G̃ of low rank, and rank-deficient after row centering)
+    returns the null directions' eigenvalues as rounding noise, some below zero; raised to −1/2 they were
+    inf, and SWAN diverged at its first step on the mlp proxy. The update is finite, whitened
+    on its non-null directions, and agrees with the float64 step's direction."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(shape, generator=gen)
+    g = torch.randn(shape[0], 8, generator=gen) @ torch.randn(8, shape[1], generator=gen)  # low rank, as a
+    fn = compile_program(library.load("swan"))  # minibatch's gradient often is
+    w32, _ = fn(w, g, None, None, 1)
+    w64, _ = fn(w.double(), g.double(), None, None, 1)
+    d32, d64 = (w - w32).double(), w.double() - w64
+    assert bool(torch.isfinite(d32).all())
+    cos = float((d32 * d64).sum() / (d32.norm() * d64.norm()))
+    assert cos > 0.999
+
+
 # -- SinkGD: the paper's equations, written plainly ---------------------------------------------------
 def sinkgd_plain(w, grads, role, lr=1e-3, wd=0.0, L=5, b1=0.9, b2=0.999, eps=1e-8):
     out, m, v = [], torch.zeros_like(w), torch.zeros_like(w)
