@@ -8,10 +8,11 @@
     >>> loss, grads = task.loss_and_grads(params, step=0, seeds=[0, 0, 1, 1])
 
 A task sees only parameters and gradients; the optimizer (a compiled program) lives elsewhere.
-Add a task by subclassing ``Task`` and decorating it with ``@register``.
+Add a task by subclassing ``Task`` (or ``PoolTask``, for a fixed training pool and held-out set)
+and decorating it with ``@register``.
 """
 
-from .base import ROLES, SIZES, Task, epoch_indices, generator, mix, seed_list
+from .base import ROLES, SIZES, PoolTask, Task, epoch_indices, generator, mix, seed_list
 from .registry import get, names, register
 
 from . import quadratic, mlp, memory, digits, lm  # noqa: E402,F401  (register the built-in tasks)
@@ -20,6 +21,6 @@ DEFAULT = "mlp"
 """The project's default proxy task."""
 
 __all__ = [
-    "DEFAULT", "ROLES", "SIZES", "Task", "epoch_indices", "generator", "get", "mix", "names",
+    "DEFAULT", "PoolTask", "ROLES", "SIZES", "Task", "epoch_indices", "generator", "get", "mix", "names",
     "register", "seed_list",
 ]

@@ -297,3 +297,27 @@ class Task:
         if k not in self._cache:
             self._cache[k] = cast(tensor, device, dtype)
         return self._cache[k]
+
+
+class PoolTask(Task):
+    """A task whose data are fixed tensors that ``setup()`` stores as ``x_train``, ``y_train``,
+    ``x_heldout`` and ``y_heldout``. Each member visits the training pool in its own random
+    order, epoch after epoch (``epoch_indices`` keyed by the task's name and the member's seed),
+    ``batch`` examples per step."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_heldout: Tensor
+    y_heldout: Tensor
+    batch: int
+
+    def train_batches(self, step, seeds, device="cpu", dtype=torch.float32):
+        n = self.x_train.shape[0]
+        idx = torch.stack([epoch_indices(n, self.batch, step, self.name, s) for s in seed_list(seeds)])
+        x = self.on("x_train", self.x_train, device, dtype)
+        y = self.on("y_train", self.y_train, device, dtype)
+        idx = idx.to(x.device)
+        return x[idx], y[idx]
+
+    def heldout_batch(self) -> tuple[Tensor, Tensor]:
+        return self.x_heldout, self.y_heldout

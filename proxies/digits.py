@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Task, epoch_indices, generator, seed_list
+from .base import PoolTask, generator
 from .registry import register
 
 
@@ -58,7 +58,7 @@ class ConvNet(nn.Module):
 
 
 @register
-class Digits(Task):
+class Digits(PoolTask):
     """Classify scikit-learn's 8×8 digit images (real data, no download) with a small conv net.
 
     What it measures: training a convolutional network on real images with a small training set
@@ -108,18 +108,6 @@ class Digits(Task):
         fan_in = int(np.prod(shape[1:]))
         gain = 1.0 if name.startswith("head") else 2.0
         return torch.randn(shape, generator=gen) * (gain / fan_in) ** 0.5
-
-    def train_batches(self, step, seeds, device="cpu", dtype=torch.float32):
-        idx = torch.stack(
-            [epoch_indices(self.train_size, self.batch, step, self.name, s) for s in seed_list(seeds)]
-        )
-        x = self.on("x_train", self.x_train, device, dtype)
-        y = self.on("y_train", self.y_train, device, dtype)
-        idx = idx.to(x.device)
-        return x[idx], y[idx]
-
-    def heldout_batch(self) -> tuple[Tensor, Tensor]:
-        return self.x_heldout, self.y_heldout
 
     def batched_loss(self, params, x, y):
         # members become conv groups: [M, B, 1, 8, 8] -> [B, M, 8, 8]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Task, epoch_indices, generator, seed_list
+from .base import PoolTask, generator
 from .registry import register
 
 
@@ -27,7 +27,7 @@ class MLP(nn.Module):
 
 
 @register
-class TeacherStudent(Task):
+class TeacherStudent(PoolTask):
     """Classify Gaussian inputs labelled by a fixed random teacher network, with a smaller student.
 
     What it measures: ordinary supervised training of a small MLP — speed of fitting a realistic
@@ -84,18 +84,6 @@ class TeacherStudent(Task):
             return torch.zeros(shape)
         gain = 1.0 if name.startswith("head") else 2.0  # He init for the ReLU layers
         return torch.randn(shape, generator=gen) * (gain / shape[1]) ** 0.5
-
-    def train_batches(self, step, seeds, device="cpu", dtype=torch.float32):
-        idx = torch.stack(
-            [epoch_indices(self.train_size, self.batch, step, self.name, s) for s in seed_list(seeds)]
-        )
-        x = self.on("x_train", self.x_train, device, dtype)
-        y = self.on("y_train", self.y_train, device, dtype)
-        idx = idx.to(x.device)
-        return x[idx], y[idx]
-
-    def heldout_batch(self) -> tuple[Tensor, Tensor]:
-        return self.x_heldout, self.y_heldout
 
     def batched_loss(self, params, x, y):
         h = x

@@ -19,6 +19,20 @@ from optdisco.search.evaluator import Outcome
 
 LRS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1)
 
+SGD = "# SGD\nhyper lr = 0.1\nw = w - lr * g\n"
+MOMENTUM = "# Momentum\nhyper lr = 0.01, mu = 0.9\nstate b = zeros\nb = mu * b + g\nw = w - lr * b\n"
+
+
+def seed_files(folder) -> list[str]:
+    """SGD and momentum written as .opt files in ``folder``: the seed programs of the search tests."""
+    paths = []
+    for name, text in (("sgd", SGD), ("momentum", MOMENTUM)):
+        path = folder / f"{name}.opt"
+        path.write_text(text)
+        paths.append(str(path))
+    return paths
+
+
 
 def quadratic_loss(program, steps: int = 40, lr: float = 0.1) -> float:
     """Final loss of ``0.5·Σ s_i (w_i − 1)²`` (curvatures s from 1e-2 to 1) from w = 0, with

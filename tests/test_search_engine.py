@@ -21,16 +21,12 @@ from optdisco.search.simplify import simplify_program
 import search_toy
 
 TESTS = Path(__file__).resolve().parent
-SGD = "# SGD\nhyper lr = 0.1\nw = w - lr * g\n"
-MOMENTUM = "# Momentum\nhyper lr = 0.01, mu = 0.9\nstate b = zeros\nb = mu * b + g\nw = w - lr * b\n"
 TIERS = [Tier("quadratic", steps=15), Tier("quadratic", steps=40, promote=0.3)]
 
 
 @pytest.fixture
 def seeds(tmp_path):
-    (tmp_path / "sgd.opt").write_text(SGD)
-    (tmp_path / "momentum.opt").write_text(MOMENTUM)
-    return [str(tmp_path / "sgd.opt"), str(tmp_path / "momentum.opt")]
+    return search_toy.seed_files(tmp_path)
 
 
 def config(seeds, **kw):
@@ -65,7 +61,7 @@ def test_search_spends_its_budget_and_records_everything(tmp_path, seeds):
         assert r["fitness"] == search_toy.quad_fitness(parse(r["program"]), steps)
     assert run.config.to_dict()["seed"] == 7
     # the best program beats plain SGD (the search found something)
-    sgd_f = search_toy.quad_fitness(parse(SGD), 40)
+    sgd_f = search_toy.quad_fitness(parse(search_toy.SGD), 40)
     assert run.best(1)[0]["fitness"] < sgd_f
     assert run.best(1)[0]["tier_reached"] == 1
     assert run.ranked(2)["id"] == run.best(2)[1]["id"]

@@ -18,8 +18,6 @@ import search_toy  # noqa: E402
 # Ray workers cannot import the tests folder: ship the stand-in evaluators by value.
 cloudpickle.register_pickle_by_value(search_toy)
 
-SGD = "hyper lr = 0.1\nw = w - lr * g\n"
-MOMENTUM = "hyper lr = 0.01, mu = 0.9\nstate b = zeros\nb = mu * b + g\nw = w - lr * b\n"
 TIERS = [Tier("quadratic", steps=15, time_limit=60), Tier("quadratic", steps=40, promote=0.3, time_limit=60)]
 
 
@@ -32,9 +30,7 @@ def ray_session():
 
 @pytest.fixture
 def seeds(tmp_path):
-    (tmp_path / "sgd.opt").write_text(SGD)
-    (tmp_path / "momentum.opt").write_text(MOMENTUM)
-    return [str(tmp_path / "sgd.opt"), str(tmp_path / "momentum.opt")]
+    return search_toy.seed_files(tmp_path)
 
 
 def config(seeds, **kw):
