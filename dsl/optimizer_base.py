@@ -71,6 +71,37 @@ def _compiled_tensor_step(step, p, g, hd, st, SC, B, info, param_states):
         st[k].copy_(v.reshape(st[k].shape))
 
 
+def _recording_inductor(records):
+    """A torch.compile backend: inductor, recording each compiled graph with its example inputs."""
+
+    def backend(gm, example_inputs):
+        from torch._dynamo import lookup_backend
+
+        compiled = lookup_backend("inductor")(gm, example_inputs)
+        records.append((compiled, list(example_inputs)))
+        return compiled
+
+    return backend
+
+
+def _input_order(inputs, p, g, hd, SC, st):
+    """Which of a compiled step's arguments each graph input is ("p", "g", "hd", "SC" or
+    ("st", name)), found by identity; None if some input is none of them.
+
+    With it a later step calls the compiled graph directly, as dynamo's code would after its
+    guards pass: the guards are what the key of ``_fast`` holds (device, dtype, shape, branch
+    conditions, which states exist), and inductor checks sizes and strides itself. Entering the
+    graph this way costs about a quarter of the call through dynamo, which dominates a step of a
+    parameter of a million elements or fewer."""
+    by_id = {id(p): "p", id(g): "g", id(SC): "SC"}
+    if hd is not None:
+        by_id[id(hd)] = "hd"
+    for k, v in st.items():
+        by_id.setdefault(id(v), ("st", k))
+    order = [by_id.get(id(x)) for x in inputs]
+    return None if any(o is None for o in order) else tuple(order)
+
+
 def _layout(shape):
     """Rows and columns of a parameter's 2-D view: (d0, d1·d2·…); a vector is n × 1."""
     if len(shape) == 0:
@@ -112,6 +143,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
         self._scratch = {}
         self._infos = {}
         self._compiled = {}
+        self._fast = {}  # compiled graphs entered directly (see _input_order)
         full = dict(self.HYPERS)
         full.update(defaults)
         full["role"] = None
@@ -128,7 +160,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("foreach", self._step_foreach is not None)
         self._read_idx = tuple(SHAPE_INPUTS.index(n) for n in self.READS)
         self._keys = {n: (n if n != STEP_KEY else STEP_KEY + "'") for n in self.STATE_NAMES}
-        for k, v in dict(_scratch={}, _infos={}, _compiled={}).items():
+        for k, v in dict(_scratch={}, _infos={}, _compiled={}, _fast={}).items():
             self.__dict__.setdefault(k, v)
 
     def add_param_group(self, param_group):
@@ -351,15 +383,42 @@ class ProgramOptimizer(torch.optim.Optimizer):
             SC = tables.get((p.device, sdtype, tuple(numbers)))
             if SC is None:
                 SC = tables[(p.device, sdtype, tuple(numbers))] = torch.tensor(numbers, dtype=sdtype, device=p.device)
+            st = {n: state[self._keys[n]] for n in self.STATE_NAMES if self._keys[n] in state}
+            conds = tuple(conds)
+            # the direct entry (see _input_order) serves contiguous inputs only: same shape then
+            # means same strides, which the graph was compiled for
+            dense = (p.is_contiguous() and g.is_contiguous() and (hd is None or hd.is_contiguous())
+                     and all(v.is_contiguous() for v in st.values()))
+            fast_key = (p.device, p.dtype, info, conds, hd is not None, tuple(st)) if dense else None
+            fast = self._fast.get(fast_key)
+            if fast is not None:
+                fn, order = fast
+                args = {"p": p, "g": g, "hd": hd, "SC": SC}
+                try:
+                    fn(*[args[k] if type(k) is str else st[k[1]] for k in order])
+                    continue
+                except AssertionError:  # inductor's size/stride check: strides changed; let dynamo see
+                    del self._fast[fast_key]
             key = (p.device, p.dtype, info)
-            fn = self._compiled.get(key)
-            if fn is None:
+            entry = self._compiled.get(key)
+            if entry is None:
                 # A fresh copy of the function per key: its own compile cache, compiled once.
                 code = _compiled_tensor_step.__code__.replace()
                 copy = type(_compiled_tensor_step)(code, _compiled_tensor_step.__globals__, "compiled_tensor_step")
-                fn = self._compiled[key] = torch.compile(copy, dynamic=False)
-            st = {n: state[self._keys[n]] for n in self.STATE_NAMES if self._keys[n] in state}
-            fn(step, p, g, hd, st, SC, tuple(conds), info, self.PARAM_STATES)
+                records = []
+                entry = self._compiled[key] = (torch.compile(copy, dynamic=False, backend=_recording_inductor(records)),
+                                               records)
+            fn, records = entry
+            before = len(records)
+            fn(step, p, g, hd, st, SC, conds, info, self.PARAM_STATES)
+            if len(records) > before:
+                new = records[before:]
+                records[before:] = [None] * len(new)  # keep no example tensors alive
+                if len(new) == 1 and dense:  # this call compiled one whole graph: learn its inputs
+                    compiled, inputs = new[0]
+                    order = _input_order(inputs, p, g, hd, SC, st)
+                    if order is not None:
+                        self._fast[fast_key] = (compiled, order)
 
     # -- Hutchinson's estimate of the Hessian diagonal ------------------------------------
     def _hutchinson(self, closure):
