@@ -397,7 +397,9 @@ class ProgramOptimizer(torch.optim.Optimizer):
                 try:
                     fn(*[args[k] if type(k) is str else st[k[1]] for k in order])
                     continue
-                except AssertionError:  # inductor's size/stride check: strides changed; let dynamo see
+                except (AssertionError, RuntimeError, TypeError):
+                    # inductor's own size/stride checks run before any kernel: on a mismatch this
+                    # key goes back to dynamo, which guards, recompiles if it must, and runs it
                     del self._fast[fast_key]
             key = (p.device, p.dtype, info)
             entry = self._compiled.get(key)
