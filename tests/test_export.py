@@ -800,3 +800,29 @@ end
     # both shapes and both branches took the direct entry
     assert {(key[2][:2], key[3]) for key in opt._fast} == {((16, 8), (False,)), ((16, 8), (True,)),
                                                            ((5, 1), (False,)), ((5, 1), (True,))}
+
+
+def test_a_failing_direct_graph_entry_falls_back_to_dynamo():
+    """If entering a compiled graph directly fails its checks (inductor's size/stride asserts run
+    before any kernel), that step goes through dynamo and the key loses its direct entry."""
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(6, 4))]
+    ref = [torch.nn.Parameter(ours[0].detach().clone())]
+    opt = to_optimizer(ADAMW, ours, compile=True)
+    eager = to_optimizer(ADAMW, ref)
+    for i in range(4):
+        g = torch.randn(6, 4)
+        ours[0].grad, ref[0].grad = g.clone(), g.clone()
+        if i == 2:
+            assert len(opt._fast) == 1
+
+            def refuse(*args):
+                raise AssertionError("expected size 6==7")
+
+            key = next(iter(opt._fast))
+            opt._fast[key] = (refuse, opt._fast[key][1])
+        opt.step()
+        eager.step()
+        torch.testing.assert_close(ours[0].detach(), ref[0].detach(), rtol=0, atol=1e-6)
+        if i == 2:
+            assert not opt._fast
