@@ -20,28 +20,12 @@ import time
 
 import torch
 
-from optdisco import proxies
+from optdisco import library, proxies
 from optdisco.dsl import compile_program
 from optdisco.evaluate import Schedule, evaluate, lr_grid, run_members
 
-ADAMW_TEXT = """# AdamW
-hyper lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, wd = 0.01
-state m = zeros, v = zeros
-m = ema(m, g, beta1)
-v = ema(v, g * g, beta2)
-w = w - lr * wd * w
-w = w - lr * (m / (1 - beta1 ** t)) / (sqrt(v / (1 - beta2 ** t)) + eps)
-"""
-
-
 def adamw_program():
-    from optdisco import library
-
-    if "adamw" in library.names():
-        return library.load("adamw")
-    from optdisco.dsl import parse
-
-    return parse(ADAMW_TEXT)
+    return library.load("adamw")
 
 
 def sync(device: str) -> None:

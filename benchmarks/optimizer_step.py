@@ -29,55 +29,16 @@ import time
 
 import torch
 
-from optdisco.dsl import parse, to_optimizer
-
-ADAMW = """# AdamW
-hyper lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, wd = 0.01
-state m = zeros, v = zeros
-m = ema(m, g, beta1)
-v = ema(v, g * g, beta2)
-update = (m / (1 - beta1 ** t)) / (sqrt(v / (1 - beta2 ** t)) + eps)
-w = w - lr * wd * w
-w = w - lr * update
-"""
-
-LION = """# Lion
-hyper lr = 1e-4, beta1 = 0.9, beta2 = 0.99, wd = 0.01
-state m = zeros
-update = sign(ema(m, g, beta1))
-w = w - lr * (update + wd * w)
-m = ema(m, g, beta2)
-"""
-
-MUON = """# Muon (hidden matrices; momentum SGD elsewhere)
-hyper lr = 0.02, beta = 0.95, wd = 0.1, lr_other = 0.01
-state m = zeros
-m = ema(m, g, beta)
-update = lerp(g, m, beta)
-if is_hidden:
-  w = w - lr * wd * w
-  w = w - lr * sqrt(max(1, rows / cols)) * orthogonalize(update)
-else:
-  w = w - lr_other * update
-end
-"""
+from optdisco import library
+from optdisco.dsl import to_optimizer
 
 SHAPE = (256, 4096)
 FLUSH_BYTES = 256 << 20  # larger than any CPU's last-level cache here and an H100's L2
 
 
-def _program(name: str) -> str:
-    """The library's program when it exists, else the inline one above."""
-    try:
-        from optdisco import library
-
-        return library.load(name)
-    except Exception:
-        return {"adamw": ADAMW, "lion": LION, "muon": MUON}[name]
-
-
-def _as_program(prog):
-    return parse(prog) if isinstance(prog, str) else prog
+def _program(name: str):
+    """The library's program: the same text the search evaluates and the tests verify."""
+    return library.load(name)
 
 
 def candidates(name: str, params, compile_ok: bool):
@@ -95,7 +56,7 @@ def candidates(name: str, params, compile_ok: bool):
     prog = _program(name)
     same = {"adamw": dict(lr=1e-3, wd=0.01), "lion": dict(lr=1e-4, wd=0.01),
             "muon": dict(lr=0.02, wd=0.1, momentum=0.95, beta=0.95)}[name]  # the references' settings
-    hyper = {k: v for k, v in same.items() if k in _as_program(prog).hyper_defaults}
+    hyper = {k: v for k, v in same.items() if k in prog.hyper_defaults}
     out.append((f"ours {name} eager", lambda: to_optimizer(prog, params, **hyper), False))
     if compile_ok:
         out.append((f"ours {name} compiled", lambda: to_optimizer(prog, params, compile=True, **hyper), False))
