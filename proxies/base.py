@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.func import functional_call, vmap
 
 ROLES = ("hidden", "embedding", "head", "vector")
@@ -110,6 +111,40 @@ def default_roles(module: nn.Module) -> dict[str, str]:
     if matrices:
         roles[matrices[-1]] = "head"
     return roles
+
+
+class _FewClassCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy per member for logits ``[M, B, C]``: ``logsumexp − picked logit``
+    forward, ``(softmax − one-hot) / B`` backward, written out."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, y: Tensor) -> Tensor:
+        lse = torch.logsumexp(logits, -1, keepdim=True)
+        picked = logits.gather(-1, y.unsqueeze(-1))
+        ctx.save_for_backward(logits, lse, y)
+        return (lse - picked).squeeze(-1).mean(-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        logits, lse, y = ctx.saved_tensors
+        p = (logits - lse).exp_()
+        p.scatter_add_(-1, y.unsqueeze(-1), torch.full((1, 1, 1), -1.0, dtype=p.dtype, device=p.device).expand(*y.shape, 1))
+        return p.mul_((grad / logits.shape[-2]).view(-1, 1, 1)), None
+
+
+def batched_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Each member's mean cross-entropy: logits ``[M, B, C]`` (or ``[M, B, T, C]``), integer
+    targets of the same leading shape → ``[M]``.
+
+    With fewer than 16 classes torch's log-softmax takes a scalar path on the CPU that is about
+    three times slower than the loss written out (0.39 against 0.14 ms, forward and backward,
+    for 16 members × 128 examples × 10 classes at one thread), so such losses are computed here;
+    wider ones go to ``F.cross_entropy``."""
+    m, c = logits.shape[0], logits.shape[-1]
+    if c < 16:
+        return _FewClassCrossEntropy.apply(logits.reshape(m, -1, c), y.reshape(m, -1))
+    return F.cross_entropy(logits.reshape(-1, c), y.reshape(-1), reduction="none").view(m, -1).mean(1)
 
 
 class Task:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import PoolTask, generator
+from .base import PoolTask, batched_cross_entropy, generator
 from .registry import register
 
 
@@ -122,4 +122,4 @@ class Digits(PoolTask):
             h = F.relu(h)
         h = h.reshape(b, m, -1).transpose(0, 1)  # per member, flattened as (channel, row, col)
         out = torch.baddbmm(params["head.bias"].unsqueeze(1), h, params["head.weight"].transpose(1, 2))
-        return F.cross_entropy(out.reshape(m * b, -1), y.reshape(-1), reduction="none").view(m, b).mean(1)
+        return batched_cross_entropy(out, y)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Task, generator, seed_list
+from .base import Task, batched_cross_entropy, generator, seed_list
 from .registry import register
 
 VOCAB = 256
@@ -211,4 +211,4 @@ class LanguageModel(Task):
             f = F.gelu(_bmm_t(_norm(h, params[p + "ln2.weight"]), params[p + "fc.weight"]))
             h = h + _bmm_t(f, params[p + "out.weight"])
         logits = _bmm_t(_norm(h, params["ln_f.weight"]), params["head.weight"])
-        return F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1), reduction="none").view(m, -1).mean(1)
+        return batched_cross_entropy(logits, y)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Seeds, Task, generator, seed_list
+from .base import Seeds, Task, batched_cross_entropy, generator, seed_list
 from .registry import register
 
 
@@ -97,8 +97,7 @@ class AssociativeMemory(Task):
 
     def batched_loss(self, params, x, y):
         out = self._logits(params, x)
-        m, b = y.shape
-        return F.cross_entropy(out.reshape(m * b, -1), y.reshape(-1), reduction="none").view(m, b).mean(1)
+        return batched_cross_entropy(out, y)
 
     def class_accuracy(self, params: dict[str, Tensor], seeds: Seeds | None = None) -> Tensor:
         """Held-out accuracy of each member on each class, ``[M, classes]`` (class 0 most frequent)."""

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import PoolTask, generator
+from .base import PoolTask, batched_cross_entropy, generator
 from .registry import register
 
 
@@ -91,5 +91,4 @@ class TeacherStudent(PoolTask):
             w, b = params[f"fc{i + 1}.weight"], params[f"fc{i + 1}.bias"]
             h = F.relu(torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)))
         out = torch.baddbmm(params["head.bias"].unsqueeze(1), h, params["head.weight"].transpose(1, 2))
-        m, b = y.shape
-        return F.cross_entropy(out.reshape(m * b, -1), y.reshape(-1), reduction="none").view(m, b).mean(1)
+        return batched_cross_entropy(out, y)

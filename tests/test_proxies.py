@@ -356,3 +356,33 @@ def test_mlp_proxy_evaluation_timing(capsys):
             f"(loss_and_grads {grad_time:.2f}s; torch threads {torch.get_num_threads()}, "
             f"load {os.getloadavg()[0]:.1f}); best held-out loss {float(ev.min()):.3f}"
         )
+
+
+@pytest.mark.parametrize("classes", [2, 10, 15, 16, 40])
+def test_batched_cross_entropy_equals_torch_per_member(classes):
+    """The written-out loss for few classes (and the F.cross_entropy path for more) gives each
+    member's mean cross-entropy and its gradient as torch computes them member by member."""
+    from optdisco.proxies.base import batched_cross_entropy
+
+    gen = torch.Generator().manual_seed(classes)
+    logits = (3 * torch.randn(4, 7, 5, classes, generator=gen, dtype=torch.float64)).requires_grad_()
+    y = torch.randint(0, classes, (4, 7, 5), generator=gen)
+    loss = batched_cross_entropy(logits, y)
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    (grad,) = torch.autograd.grad((loss * weights).sum(), logits)
+    for i in range(4):
+        li = logits.detach()[i].clone().requires_grad_()
+        ref = F.cross_entropy(li.reshape(-1, classes), y[i].reshape(-1))
+        (gref,) = torch.autograd.grad(ref * weights[i], li)
+        torch.testing.assert_close(loss[i], ref.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad[i], gref, rtol=1e-12, atol=1e-14)
+
+
+def test_batched_cross_entropy_refuses_double_backward():
+    from optdisco.proxies.base import batched_cross_entropy
+
+    logits = torch.randn(2, 3, 10, dtype=torch.float64, requires_grad=True)
+    loss = batched_cross_entropy(logits, torch.zeros(2, 3, dtype=torch.long))
+    (g,) = torch.autograd.grad(loss.sum(), logits, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), logits)
