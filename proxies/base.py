@@ -147,6 +147,12 @@ def batched_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, c), y.reshape(-1), reduction="none").view(m, -1).mean(1)
 
 
+def roles_by_name(shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    """Roles of a plain stack of layers: 1-D parameters "vector", those named ``head…`` "head",
+    the other matrices and kernels "hidden"."""
+    return {n: "vector" if len(s) == 1 else "head" if n.startswith("head") else "hidden" for n, s in shapes.items()}
+
+
 class Task:
     """A training task: model, data and loss, for a stack of M independent members.
 

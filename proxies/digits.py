@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import PoolTask, batched_cross_entropy, generator
+from .base import PoolTask, batched_cross_entropy, generator, roles_by_name
 from .registry import register
 
 
@@ -97,10 +97,7 @@ class Digits(PoolTask):
         return ConvNet(self.channels)
 
     def roles(self) -> dict[str, str]:
-        return {
-            n: "vector" if len(s) == 1 else "head" if n.startswith("head") else "hidden"
-            for n, s in self.param_shapes().items()
-        }
+        return roles_by_name(self.param_shapes())
 
     def init_tensor(self, name, shape, gen):
         if len(shape) == 1:

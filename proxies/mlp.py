@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import PoolTask, batched_cross_entropy, generator
+from .base import PoolTask, batched_cross_entropy, generator, roles_by_name
 from .registry import register
 
 
@@ -74,10 +74,7 @@ class TeacherStudent(PoolTask):
         return MLP(self.inputs, self.width, self.depth, self.classes)
 
     def roles(self) -> dict[str, str]:
-        return {
-            n: "vector" if len(s) == 1 else "head" if n.startswith("head") else "hidden"
-            for n, s in self.param_shapes().items()
-        }
+        return roles_by_name(self.param_shapes())
 
     def init_tensor(self, name, shape, gen):
         if len(shape) == 1:

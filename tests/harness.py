@@ -6,6 +6,16 @@ import torch
 
 from optdisco.dsl import compile_program
 
+# Adam as the paper writes it, for tests of the language itself
+ADAM = """
+hyper lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8
+state m = zeros, v = zeros
+m = ema(m, g, beta1)
+v = ema(v, g * g, beta2)
+update = (m / (1 - beta1 ** t)) / (sqrt(v / (1 - beta2 ** t)) + eps)
+w = w - lr * update
+"""
+
 SHAPES = {"1d": (11,), "2d": (7, 5), "4d": (4, 3, 2, 2)}
 
 

@@ -5,17 +5,11 @@ import math
 import pytest
 import torch
 
+from harness import ADAM
+
 from optdisco.dsl import compile_program, parse
 
 SGD = "hyper lr = 0.05, wd = 0.01\nw = w - lr * (g + wd * w)\n"
-ADAM = """
-hyper lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8
-state m = zeros, v = zeros
-m = ema(m, g, beta1)
-v = ema(v, g * g, beta2)
-update = (m / (1 - beta1 ** t)) / (sqrt(v / (1 - beta2 ** t)) + eps)
-w = w - lr * update
-"""
 LION = """
 hyper lr = 1e-4, beta1 = 0.9, beta2 = 0.99, wd = 1.0
 state m = zeros

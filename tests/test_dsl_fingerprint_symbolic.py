@@ -4,16 +4,10 @@ bridge simplifies, converts and prints LaTeX."""
 import sympy as sp
 import torch
 
+from harness import ADAM
+
 from optdisco.dsl import compile_program, fingerprint, parse, simplify, to_latex, update_exprs
 
-ADAM = """
-hyper lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8
-state m = zeros, v = zeros
-m = ema(m, g, beta1)
-v = ema(v, g * g, beta2)
-update = (m / (1 - beta1 ** t)) / (sqrt(v / (1 - beta2 ** t)) + eps)
-w = w - lr * update
-"""
 # renamed state and hyperparameters, statements reordered, algebra rewritten
 ADAM_REWRITTEN = """
 hyper lr = 1e-3, b2 = 0.999, b1 = 0.9, epsilon = 1e-8
