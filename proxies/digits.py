@@ -107,16 +107,23 @@ class Digits(PoolTask):
         return torch.randn(shape, generator=gen) * (gain / fan_in) ** 0.5
 
     def batched_loss(self, params, x, y):
-        # members become conv groups: [M, B, 1, 8, 8] -> [B, M, 8, 8]
+        # Members become conv groups on channels-last maps: h is [B, H, W, M·C] in memory, and
+        # conv2d sees it as the NCHW view h.permute(0, 3, 1, 2). oneDNN's grouped convolution and
+        # ReLU are about 1.5× faster (forward and backward) on this layout than on NCHW.
         m, b = y.shape
-        h = x.transpose(0, 1).reshape(b, m, 8, 8)
+        h = x.reshape(m, b, 8, 8).permute(1, 2, 3, 0).contiguous()  # [B, 8, 8, M] (one input channel)
         for i in range(len(self.channels)):
             w, bias = params[f"conv{i + 1}.weight"], params[f"conv{i + 1}.bias"]
-            h = F.conv2d(
-                h, w.reshape(-1, *w.shape[2:]), bias.reshape(-1),
+            out = F.conv2d(
+                h.permute(0, 3, 1, 2), w.reshape(-1, *w.shape[2:]), bias.reshape(-1),
                 stride=1 if i == 0 else 2, padding=1, groups=m,
             )
-            h = F.relu(h)
-        h = h.reshape(b, m, -1).transpose(0, 1)  # per member, flattened as (channel, row, col)
-        out = torch.baddbmm(params["head.bias"].unsqueeze(1), h, params["head.weight"].transpose(1, 2))
+            h = F.relu(out.permute(0, 2, 3, 1))  # [B, H, W, M·C]
+        _, side, _, mc = h.shape
+        c = mc // m
+        feats = h.reshape(b, side * side, m, c).permute(2, 0, 1, 3).reshape(m, b, -1)  # (row, col, channel)
+        # the module flattens (channel, row, col): reorder the head's columns to match
+        head = params["head.weight"]
+        head = head.view(m, head.shape[1], c, side * side).transpose(2, 3).reshape(m, head.shape[1], -1)
+        out = torch.baddbmm(params["head.bias"].unsqueeze(1), feats, head.transpose(1, 2))
         return batched_cross_entropy(out, y)
