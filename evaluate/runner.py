@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .allocator import retain_freed_memory
 from .hessian import EPS, hutchinson
 from .schedule import Schedule
 
@@ -77,12 +78,15 @@ def run_members(
 
     ``fn`` is a compiled program (``optdisco.dsl.compile_program``). ``deadline`` is a
     ``time.perf_counter()`` value. ``eval_every`` also records the held-out loss every that many
-    steps (and at step 0), for curves only. Raises ``MembersDisagree`` if the program's
+    steps (and at step 0), for curves only. On a CPU it first makes the process keep freed memory
+    for reuse (``allocator.retain_freed_memory``). Raises ``MembersDisagree`` if the program's
     if-conditions read a hyperparameter that differs across members (run such members apart).
     """
     m = len(lrs)
     if len(seeds) != m:
         raise ValueError(f"{m} learning rates but {len(seeds)} seeds")
+    if torch.device(device).type == "cpu":
+        retain_freed_memory()
     roles = task.roles()
     final: list[float] = [math.inf] * m
     failed_step: list[int | None] = [None] * m

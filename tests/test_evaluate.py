@@ -365,3 +365,43 @@ def test_cli_validate_and_tasks(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in proxies.names():
         assert name in out
+
+
+# ---------------------------------------------------------------- the allocator setting
+
+FAULTS = """
+import platform, resource, sys, torch
+from optdisco.evaluate import allocator, run_members
+from optdisco.dsl import compile_program
+from optdisco import proxies
+
+def faults():
+    for _ in range(2):  # warm: the first allocation of each size faults its pages in anyway
+        torch.empty(12 << 20).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):  # 48 MB, above glibc's largest dynamic mmap threshold (32 MB)
+        torch.empty(12 << 20).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+plain = faults()
+if sys.argv[1] == "run":
+    run_members(compile_program("hyper lr = 0.1\\nw = w - lr * g\\n"), proxies.get("quadratic"), [0.1], [0], 2)
+else:
+    allocator.retain_freed_memory()
+print(plain, faults())
+"""
+
+
+@pytest.mark.skipif(
+    __import__("platform").system() != "Linux" or __import__("platform").libc_ver()[0] != "glibc",
+    reason="the setting is glibc's",
+)
+@pytest.mark.parametrize("how", ["direct", "run"])
+def test_cpu_runs_keep_freed_memory_instead_of_faulting_fresh_pages(how):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FAULTS, how], capture_output=True, text=True, check=True)
+    plain, retained = map(int, out.stdout.split())
+    assert plain > 5 * 10_000  # 5 × 12,288 fresh 4 KiB pages under glibc's defaults
+    assert retained < plain / 20
