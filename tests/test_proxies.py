@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 
 import pytest
 import torch
@@ -325,37 +323,6 @@ def test_sgd_reduces_the_quadratic_heldout_loss():
         _, grads = task.loss_and_grads(params, t, seeds)
         params = {k: v - 0.3 * grads[k] for k, v in params.items()}
     assert (task.eval_loss(params) < 0.5 * before).all()
-
-
-def test_mlp_proxy_evaluation_timing(capsys):
-    """Print (not assert) the cost of one default evaluation: 8 LRs × 2 seeds, Adam, proxy steps."""
-    task = proxies.get("mlp")
-    seeds = [0] * 8 + [1] * 8
-    t0 = time.perf_counter()
-    params = task.init_params(seeds)
-    lr = torch.logspace(-4, -0.5, 8).repeat(2)
-    m = {k: torch.zeros_like(v) for k, v in params.items()}
-    v = {k: torch.zeros_like(x) for k, x in params.items()}
-    grad_time = 0.0
-    for t in range(task.steps):
-        t1 = time.perf_counter()
-        _, grads = task.loss_and_grads(params, t, seeds)
-        grad_time += time.perf_counter() - t1
-        for k, g in grads.items():
-            shape = (len(seeds),) + (1,) * (g.dim() - 1)
-            m[k].mul_(0.9).add_(g, alpha=0.1)
-            v[k].mul_(0.999).addcmul_(g, g, value=0.001)
-            step = (m[k] / (1 - 0.9 ** (t + 1))) / ((v[k] / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8)
-            params[k] = params[k] - lr.view(shape) * step
-    ev = task.eval_loss(params, seeds)
-    total = time.perf_counter() - t0
-    assert torch.isfinite(ev[:6]).all()
-    with capsys.disabled():
-        print(
-            f"\n[timing] mlp proxy: 16 members x {task.steps} steps + eval = {total:.2f}s "
-            f"(loss_and_grads {grad_time:.2f}s; torch threads {torch.get_num_threads()}, "
-            f"load {os.getloadavg()[0]:.1f}); best held-out loss {float(ev.min()):.3f}"
-        )
 
 
 @pytest.mark.parametrize("classes", [2, 10, 15, 16, 40])
