@@ -5,8 +5,13 @@ For each task, the same work two ways, in this process:
                members (8 learning rates × 2 seeds) for the task's proxy steps, held-out loss at the end;
   sequential — 16 ordinary loops: ``task.make_module(seed)``, ``torch.optim.AdamW`` with the same
                schedule through ``LambdaLR``, ``task.module_loss`` + backward + step, then the held-out loss.
-It prints member-steps per second of each (best of ``--repeats`` interleaved runs) and their
-ratio (goal: ≥ 3× on a CPU, ≥ 20× on a GPU),
+  one model  — an arithmetic reference, not a way to train 16 members: one ordinary loop of a single
+               model whose batch is 16 × the task's, for the same steps; it does the members'
+               forward/backward arithmetic in the largest, most efficient products, so the
+               sequential / one-model ratio bounds what any batching of 16 members can gain
+               where that arithmetic dominates (counted as 16 member-steps a step).
+It prints member-steps per second of each way (best of ``--repeats`` interleaved runs), the
+batched / sequential ratio (goal: ≥ 3× on a CPU, ≥ 20× on a GPU) and that bound,
 the largest difference between the two ways' final held-out losses (they train the same members),
 and the wall time of one full ``evaluate(adamw, task)`` (grid, extension and all; goal for the
 default proxy, mlp: under 10 s on the project's 2-core CPU).
@@ -66,6 +71,26 @@ def sequential(task, lrs, seeds, steps, device, schedule, hyper):
     return time.perf_counter() - t0, finals
 
 
+def one_model(task, steps, device, schedule, hyper, members):
+    """One module at ``members`` × the task's batch: the members' arithmetic without their overheads."""
+    big = type(task)(size=task.size, **{**task.options, "batch": task.batch * members})
+    sync(device)
+    t0 = time.perf_counter()
+    module = big.make_module(0, device=device)
+    opt = torch.optim.AdamW(
+        module.parameters(), lr=1e-3, betas=(hyper["beta1"], hyper["beta2"]), eps=hyper["eps"], weight_decay=hyper["wd"]
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: schedule.factor(min(k + 1, steps), steps))
+    for step in range(steps):
+        loss = big.module_loss(module, step, 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", default=",".join(proxies.names()))
@@ -86,7 +111,7 @@ def main(argv=None) -> int:
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"M = 16 members (8 LRs x 2 seeds), AdamW")
     print(f"{'task':<10} {'steps':>6} {'batched m-steps/s':>18} {'sequential m-steps/s':>21} {'ratio':>7} "
-          f"{'max |Δ final|':>14} {'evaluate() s':>13}")
+          f"{'one-model m-steps/s':>20} {'bound':>6} {'max |Δ final|':>14} {'evaluate() s':>13}")
     for name in args.tasks.split(","):
         task = proxies.get(name, size="proxy")
         steps = args.steps or task.steps
@@ -94,18 +119,20 @@ def main(argv=None) -> int:
         lrs = [lr for lr in grid for _ in (0, 1)]
         seeds = [s for _ in grid for s in (0, 1)]
         batched(fn, task, lrs[:2], seeds[:2], 2, args.device, schedule, hyper)  # warm caches
-        tb = ts = float("inf")
-        for _ in range(args.repeats):  # interleaved, best of each: both ways see the same machine
+        tb = ts = to = float("inf")
+        for _ in range(args.repeats):  # interleaved, best of each: the ways see the same machine
             t, fb = batched(fn, task, lrs, seeds, steps, args.device, schedule, hyper)
             tb = min(tb, t)
             t, fs = sequential(task, lrs, seeds, steps, args.device, schedule, hyper)
             ts = min(ts, t)
+            to = min(to, one_model(task, steps, args.device, schedule, hyper, len(lrs)))
         work = len(lrs) * steps
         diff = max(abs(a - b) for a, b in zip(fb, fs))
         te = float("nan")
         if not args.no_evaluate:
             te = evaluate(program, task, device=args.device, threads=threads).wall_time
-        print(f"{name:<10} {steps:>6} {work / tb:>18.0f} {work / ts:>21.0f} {ts / tb:>6.1f}x {diff:>14.2e} {te:>13.2f}")
+        print(f"{name:<10} {steps:>6} {work / tb:>18.0f} {work / ts:>21.0f} {ts / tb:>6.1f}x "
+              f"{work / to:>20.0f} {ts / to:>5.1f}x {diff:>14.2e} {te:>13.2f}")
     return 0
 
 
