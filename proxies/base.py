@@ -71,6 +71,12 @@ def _permutation(key: int, n: int) -> Tensor:
     return torch.randperm(n, generator=generator(key))
 
 
+@lru_cache(maxsize=8)
+def _member_orders(name: str, seeds: tuple[int, ...], epoch: int, n: int) -> Tensor:
+    """``[len(seeds), n]``: each member's order of the pool in ``epoch`` (as ``epoch_indices``)."""
+    return torch.stack([_permutation(mix(name, s, epoch), n) for s in seeds])
+
+
 def epoch_indices(n: int, batch: int, step: int, *key: int | str) -> Tensor:
     """Indices of the ``step``-th batch into a pool of ``n`` examples.
 
@@ -354,11 +360,16 @@ class PoolTask(Task):
 
     def train_batches(self, step, seeds, device="cpu", dtype=torch.float32):
         n = self.x_train.shape[0]
-        idx = torch.stack([epoch_indices(n, self.batch, step, self.name, s) for s in seed_list(seeds)])
+        seeds = tuple(seed_list(seeds))
+        epoch, offset = divmod(step * self.batch, n)
+        if offset + self.batch <= n:  # within one epoch: a slice of the members' stacked orders
+            idx = _member_orders(self.name, seeds, epoch, n)[:, offset : offset + self.batch]
+        else:
+            idx = torch.stack([epoch_indices(n, self.batch, step, self.name, s) for s in seeds])
         x = self.on("x_train", self.x_train, device, dtype)
         y = self.on("y_train", self.y_train, device, dtype)
-        idx = idx.to(x.device)
-        return x[idx], y[idx]
+        flat = idx.reshape(-1).to(x.device)
+        return x.index_select(0, flat).view(*idx.shape, *x.shape[1:]), y.index_select(0, flat).view(idx.shape)
 
     def heldout_batch(self) -> tuple[Tensor, Tensor]:
         return self.x_heldout, self.y_heldout

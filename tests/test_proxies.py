@@ -302,6 +302,18 @@ def test_epoch_indices_visit_the_pool_without_replacement(n, batch, step, seed):
     assert sorted(stream[:n].tolist()) == list(range(n))
 
 
+@pytest.mark.parametrize("name", ["mlp", "digits"])
+def test_pool_batches_are_each_members_epoch_order_across_epoch_boundaries(tasks, name):
+    task = tasks[name]
+    n, seeds = task.x_train.shape[0], [0, 5, 2]
+    per_epoch = n / task.batch
+    for step in [0, 1, int(per_epoch) - 1, int(per_epoch), int(per_epoch) + 1, int(3 * per_epoch) + 2]:
+        x, y = task.train_batches(step, seeds)
+        for i, seed in enumerate(seeds):
+            idx = epoch_indices(n, task.batch, step, task.name, seed)
+            assert torch.equal(x[i], task.x_train[idx]) and torch.equal(y[i], task.y_train[idx]), (step, seed)
+
+
 # --------------------------------------------------------------------------- training trains
 
 
