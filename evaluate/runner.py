@@ -45,6 +45,7 @@ class Run:
     eval_steps: list[int] = field(default_factory=list)
     evals: list[list[float]] = field(default_factory=list)  # per eval step, per member (NaN when gone)
     member_steps: int = 0
+    params: dict[str, Tensor] = field(default_factory=dict)  # at the end, [M, *shape]; NaN rows: stopped early
 
 
 def _select(tree, keep: Tensor, m: int):
@@ -78,9 +79,11 @@ def run_members(
 
     ``fn`` is a compiled program (``optdisco.dsl.compile_program``). ``deadline`` is a
     ``time.perf_counter()`` value. ``eval_every`` also records the held-out loss every that many
-    steps (and at step 0), for curves only. On a CPU it first makes the process keep freed memory
-    for reuse (``allocator.retain_freed_memory``). Raises ``MembersDisagree`` if the program's
-    if-conditions read a hyperparameter that differs across members (run such members apart).
+    steps (and at step 0), for curves only. ``Run.params`` keeps every member's final parameters,
+    for analyses beyond the held-out loss (e.g. per-class accuracy). On a CPU it first makes the
+    process keep freed memory for reuse (``allocator.retain_freed_memory``). Raises
+    ``MembersDisagree`` if the program's if-conditions read a hyperparameter that differs across
+    members (run such members apart).
     """
     m = len(lrs)
     if len(seeds) != m:
@@ -191,4 +194,16 @@ def run_members(
         if eval_every:
             out.eval_steps.append(steps)
             out.evals.append([final[i] if reason[i] is None else math.nan for i in range(m)])
+    out.params = _final_params(params, alive, m)
+    return out
+
+
+def _final_params(params: dict[str, Tensor], alive: Tensor, m: int) -> dict[str, Tensor]:
+    """Every member's parameters at the end, ``[M, *shape]`` in the order given (the members
+    still running are ``alive``); the rows of members stopped before the end are NaN."""
+    out = {}
+    for name, p in params.items():
+        full = torch.full((m, *p.shape[1:]), math.nan, device=p.device, dtype=p.dtype)
+        full[alive.to(p.device)] = p.detach()
+        out[name] = full
     return out
