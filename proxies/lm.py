@@ -117,7 +117,7 @@ class LanguageModel(Task):
     Sizes (16 members, 1 torch thread, shared 2-core CPU): proxy context 32, width 32, depth 2,
     4 heads (42,144 parameters), batch 8, 200 steps on the first MiB — about 7 s; target context
     64, width 64, depth 3, 4 heads (184,768 parameters), batch 16, 2,000 steps on the whole
-    top-level standard library (4.7 MB on CPython 3.11) — about 18 minutes (a GPU is better).
+    top-level standard library (4.7 MB on CPython 3.11) — about 13 minutes (a GPU is better).
     """
 
     name = "lm"

@@ -42,9 +42,9 @@ class TeacherStudent(PoolTask):
     biases. Roles: ``fc*.weight`` hidden, ``head.weight`` head, biases vector.
 
     Sizes (16 members, 1 torch thread, shared 2-core CPU): proxy ``32→64→64→10`` (6,922
-    parameters), 16,384 training examples, batch 128, 500 steps — about 2.5 s; target
+    parameters), 16,384 training examples, batch 128, 500 steps — about 1.5 s; target
     ``64→256→256→256→10`` (150,794 parameters), 131,072 examples, batch 256, 5,000 steps —
-    about 6 minutes.
+    about 8 minutes.
     """
 
     name = "mlp"
