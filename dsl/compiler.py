@@ -26,8 +26,8 @@ import torch
 
 from . import runtime
 from .checker import CheckInfo, check
-from .primitives import PARAM, ROLES
-from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, names_in
+from .primitives import ELEMENTWISE, PARAM, ROLES, SHAPE_INPUTS
+from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, names_in, walk_exprs
 
 INPUTS = ("w", "g", "t", "hess_diag", "rows", "cols", "ndim", "numel",
           "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
@@ -230,6 +230,23 @@ def default_role(shape: tuple[int, ...]) -> str:
     return "hidden" if len(shape) >= 2 else "vector"
 
 
+def acts_elementwise(program: Program) -> bool:
+    """True when an element's update reads only that element of ``w``, ``g``, ``hess_diag`` and
+    the states, with ``t`` and the hyperparameters: no reduction, matrix work, quantized state or
+    read of the parameter's shape or role. Such a program updates several parameters
+    concatenated into one tensor exactly as it updates each apart."""
+    if any(s.storage != "float" for s in program.states):
+        return False
+    for e in walk_exprs(program):
+        if isinstance(e, Call) and e.fn not in ELEMENTWISE:
+            return False
+        if isinstance(e, BinOp) and e.op == "@":
+            return False
+        if isinstance(e, Name) and e.id in SHAPE_INPUTS:
+            return False
+    return True
+
+
 class StepFunction:
     """A compiled program: call it as ``w, state = f(w, g, state, hyper, t)``.
 
@@ -243,6 +260,7 @@ class StepFunction:
 
     State tensors with the parameter's shape are stored in the parameter's own shape (as
     torch.optim does); others in their 2-D form, with the member dimension when batched.
+    ``elementwise`` tells whether parameters may be updated concatenated (``acts_elementwise``).
     """
 
     def __init__(self, program: Program):
@@ -252,6 +270,7 @@ class StepFunction:
         self._fn = _load(self.source)
         self.defaults = program.hyper_defaults
         self.uses_hess_diag = program.uses_hess_diag
+        self.elementwise = acts_elementwise(program)
         self.param_states = {n for n, t in self.info.state_types.items() if t.shape == PARAM}
         self._need: dict = {}
 

@@ -40,10 +40,9 @@ from dataclasses import dataclass, replace
 
 from .checker import CheckInfo, check
 from .compiler import _Gen, _var
-from .primitives import PARAM
+from .primitives import ELEMENTWISE, PARAM, SHAPE_INPUTS
 from .program import Assign, BinOp, Call, Expr, If, Name, Program, Stmt, Unary, names_in, sub_exprs, walk_stmts
 
-SHAPE_INPUTS = ("rows", "cols", "ndim", "numel", "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
 MUTABLE = {"param", "state", "temp"}
 
 # Elementwise unary primitives with a multi-tensor form: name -> (torch op, extra arguments).
@@ -52,9 +51,6 @@ _UNARY = {
     "log": ("log", ()), "tanh": ("tanh", ()), "floor": ("floor", ()), "rsqrt": ("rsqrt", ()),
     "relu": ("clamp_min", ("0.0",)),
 }
-# Primitives that act elementwise (they may run per tensor on the parameter's own shape).
-_ELEMENTWISE = {"sign", "abs", "sqrt", "rsqrt", "square", "exp", "log", "tanh", "relu", "floor",
-                "max", "min", "clip", "ema", "lerp", "where", "zeros_like", "ones_like"}
 _PY_OPS = {"+", "-", "*", "/", "**", "<", "<=", ">", ">=", "==", "!="}
 
 
@@ -501,7 +497,7 @@ class _ForeachGen:
                 for i, j in ((1, 2), (2, 1)):
                     if isinstance(xs[i], _St) and isinstance(xs[j], _Op):
                         codes[i] = f"torch.full_like({{{j}}}, {{{i}}})"
-            return self.listcomp(f"R.{fn}({', '.join(codes)})", xs, fn in _ELEMENTWISE and self._all_native(xs), native)
+            return self.listcomp(f"R.{fn}({', '.join(codes)})", xs, fn in ELEMENTWISE and self._all_native(xs), native)
         raise TypeError(f"cannot compile {e!r}")  # pragma: no cover
 
     @staticmethod

@@ -273,6 +273,10 @@ _add("eye_like", 1, _same_shape_tensor("eye_like"), "like",
 
 PRIMITIVES: dict[str, Primitive] = {p.name: p for p in _P}
 
+ELEMENTWISE = frozenset(p.name for p in _P if p.family in ("unary", "binary", "clip", "mix", "where")) | {
+    "zeros_like", "ones_like"}
+"""Primitives whose result at an element reads only that element of each argument."""
+
 # Names every program can read. Tensors have the parameter's shape; the rest are static.
 INPUT_TYPES: dict[str, Type] = {
     "w": Type("num", PARAM, False),
@@ -305,6 +309,8 @@ INPUT_DOCS = {
     "is_hidden": "a matrix that is neither embedding nor head: where Muon-style rules apply",
 }
 ROLES = ("hidden", "embedding", "head", "vector")
+SHAPE_INPUTS = ("rows", "cols", "ndim", "numel", "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
+"""Inputs that describe the parameter (its shape and role) rather than its values."""
 
 
 def families() -> dict[str, list[str]]:
