@@ -59,6 +59,25 @@ def _select(tree, keep: Tensor, m: int):
     return tree
 
 
+FLAT = ""
+"""The state key of the concatenated parameters (no parameter is named so)."""
+
+
+def _concat(tensors: dict[str, Tensor], names: list[str]) -> Tensor:
+    """``[M, total]``: each member's tensors, flattened, one after another in ``names`` order."""
+    return torch.cat([tensors[n].reshape(tensors[n].shape[0], -1) for n in names], 1)
+
+
+def _split(flat: Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """Views ``[M, *shape]`` into the concatenation ``flat``."""
+    out, start = {}, 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        out[name] = flat[:, start : start + size].view(flat.shape[0], *shape)
+        start += size
+    return out
+
+
 def run_members(
     fn,
     task,
@@ -100,7 +119,11 @@ def run_members(
     alive = torch.arange(m)
     cur_seeds = [int(s) for s in seeds]
     params = task.init_params(cur_seeds, device=device, dtype=dtype)
-    state: dict = {n: None for n in params}
+    shapes = {n: tuple(p.shape[1:]) for n, p in params.items()}
+    flat = _concat(params, list(shapes)) if fn.elementwise and len(params) > 1 else None
+    if flat is not None:
+        params = _split(flat, shapes)
+    state: dict = {n: None for n in ([FLAT] if flat is not None else params)}
     peak = torch.tensor([float(x) for x in lrs], dtype=dtype, device=device)
     hyper = dict(hyper or {})
     if "lr" in hyper:
@@ -113,12 +136,16 @@ def run_members(
             reason[i] = why
 
     def keep_only(keep: Tensor) -> None:
-        nonlocal alive, params, state, peak, cur_seeds, threshold
+        nonlocal alive, params, flat, state, peak, cur_seeds, threshold
         n = len(cur_seeds)
         alive = alive[keep]
         kl = keep.tolist()
         cur_seeds = [s for s, k in zip(cur_seeds, kl) if k]
-        params = {k: v[keep.to(v.device)] for k, v in params.items()}
+        if flat is not None:
+            flat = flat[keep.to(flat.device)]
+            params = _split(flat, shapes)
+        else:
+            params = {k: v[keep.to(v.device)] for k, v in params.items()}
         state = {k: _select(v, keep.to(device), n) for k, v in state.items()}
         peak = peak[keep.to(peak.device)]
         if threshold is not None:
@@ -164,11 +191,18 @@ def run_members(
         hyp["lr"] = peak * schedule.factor(t, steps)
         try:
             with torch.no_grad():
-                for name in params:
-                    params[name], state[name] = fn(
-                        params[name], grads[name], state[name], hyp, t,
-                        batched=True, role=roles[name], hess_diag=None if hess is None else hess[name],
+                if flat is not None:  # roles and shapes are not read: "vector" is as good as any
+                    hd = None if hess is None else _concat(hess, list(shapes))
+                    flat, state[FLAT] = fn(
+                        flat, _concat(grads, list(shapes)), state[FLAT], hyp, t, batched=True, role="vector", hess_diag=hd
                     )
+                    params = _split(flat, shapes)
+                else:
+                    for name in params:
+                        params[name], state[name] = fn(
+                            params[name], grads[name], state[name], hyp, t,
+                            batched=True, role=roles[name], hess_diag=None if hess is None else hess[name],
+                        )
         except ValueError as e:
             if "differs across members" in str(e) and len(cur_seeds) > 1:
                 raise MembersDisagree(str(e)) from e

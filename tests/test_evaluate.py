@@ -4,6 +4,7 @@ Hutchinson estimates, JSON round trip, validation, and that the tasks tell AdamW
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import types
@@ -135,6 +136,52 @@ def test_batched_adamw_program_equals_torch_optim_adamw_with_the_schedule():
             sched.step()
         params = {n: p.detach()[None] for n, p in module.named_parameters()}
         assert run.final[i] == pytest.approx(float(task.eval_loss(params, [seed])[0]), rel=1e-4)
+
+
+@pytest.mark.parametrize(("task_name", "program"), [
+    ("mlp", ADAMW), ("digits", "lion"), ("lm", ADAMW), ("mlp", HESS_PROGRAM),
+])
+def test_elementwise_programs_update_the_concatenated_parameters_as_each_apart(task_name, program):
+    """One call on all of a member's parameters concatenated (the fast path) gives the numbers of
+    one call per parameter, also when a member blows up and leaves the batch."""
+    from optdisco.library import load
+
+    task = proxies.get(task_name, size="proxy")
+    together = compile_program(load(program) if program == "lion" else program)
+    assert together.elementwise and len(task.param_shapes()) > 1
+    apart = copy.copy(together)
+    apart.elementwise = False
+    lrs, seeds = [1e-3, 3e-3, 1e3], [0, 1, 2]  # the last member diverges within a few steps
+    runs = [run_members(f, task, lrs, seeds, 6, dtype=torch.float64) for f in (together, apart)]
+    a, b = runs
+    assert a.failed_step == b.failed_step and a.reason == b.reason
+    assert b.failed_step[2] is not None and b.failed_step[0] is None  # both paths were exercised
+    assert torch.equal(a.train.isnan(), b.train.isnan())
+    torch.testing.assert_close(a.train.nan_to_num(), b.train.nan_to_num(), rtol=1e-12, atol=0)
+    assert a.final == pytest.approx(b.final, rel=1e-12)
+    for name in b.params:
+        assert a.params[name].shape == b.params[name].shape
+        torch.testing.assert_close(a.params[name], b.params[name], rtol=1e-12, atol=1e-15, equal_nan=True)
+
+
+def test_acts_elementwise_only_without_reductions_matrix_work_shape_reads_or_quantized_state():
+    from optdisco.dsl.compiler import acts_elementwise
+    from optdisco.dsl import parse
+    from optdisco.library import load
+
+    yes = [ADAMW, SGD, HESS_PROGRAM, "hyper lr = 0.1\nw = w - lr * where(abs(g) > 1, sign(g), clip(g, -1, 1))\n"]
+    no = [
+        "hyper lr = 0.1\nw = w - lr * g / (norm(g) + 1e-8)\n",             # a reduction
+        "hyper lr = 0.1\nw = w - lr * orthogonalize(g)\n",                 # matrix work
+        "hyper lr = 0.1\nw = w - lr * (g @ transpose(g)) @ g\n",           # a matrix product
+        "hyper lr = 0.1\nif is_matrix:\n  w = w - lr * g\nelse:\n  w = w - 0.1 * lr * g\nend\n",  # a role read
+        "hyper lr = 0.1\nw = w - lr * g / rows\n",                        # a shape read
+        "hyper lr = 0.1\nstate m: q8 = zeros\nm = ema(m, g, 0.9)\nw = w - lr * m\n",  # quantized state
+        "hyper lr = 0.1\nstate s = norm(g)\nw = w - lr * g / s\n",        # a reduction in an initialiser
+    ]
+    assert all(acts_elementwise(parse(text)) for text in yes)
+    assert not any(acts_elementwise(parse(text)) for text in no)
+    assert acts_elementwise(load("lion")) and not acts_elementwise(load("muon")) and not acts_elementwise(load("lamb"))
 
 
 def test_an_if_on_the_learning_rate_runs_each_learning_rate_apart(quad):
