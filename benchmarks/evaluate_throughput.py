@@ -48,23 +48,28 @@ def batched(fn, task, lrs, seeds, steps, device, schedule, hyper):
     return time.perf_counter() - t0, run.final
 
 
+def train_module(task, seed, lr, steps, device, schedule, hyper):
+    """An ordinary training loop: member ``seed``'s module, torch.optim.AdamW, the same schedule."""
+    module = task.make_module(seed, device=device)
+    opt = torch.optim.AdamW(
+        module.parameters(), lr=lr, betas=(hyper["beta1"], hyper["beta2"]), eps=hyper["eps"], weight_decay=hyper["wd"]
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: schedule.factor(min(k + 1, steps), steps))
+    for step in range(steps):
+        loss = task.module_loss(module, step, seed)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return module
+
+
 def sequential(task, lrs, seeds, steps, device, schedule, hyper):
     finals = []
     sync(device)
     t0 = time.perf_counter()
     for lr, seed in zip(lrs, seeds):
-        module = task.make_module(seed, device=device)
-        opt = torch.optim.AdamW(
-            module.parameters(), lr=lr, betas=(hyper["beta1"], hyper["beta2"]), eps=hyper["eps"],
-            weight_decay=hyper["wd"],
-        )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: schedule.factor(min(k + 1, steps), steps))
-        for step in range(steps):
-            loss = task.module_loss(module, step, seed)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        module = train_module(task, seed, lr, steps, device, schedule, hyper)
         with torch.no_grad():
             params = {n: p.detach()[None] for n, p in module.named_parameters()}
             finals.append(float(task.eval_loss(params, [seed])[0]))
@@ -77,17 +82,7 @@ def one_model(task, steps, device, schedule, hyper, members):
     big = type(task)(size=task.size, **{**task.options, "batch": task.batch * members})
     sync(device)
     t0 = time.perf_counter()
-    module = big.make_module(0, device=device)
-    opt = torch.optim.AdamW(
-        module.parameters(), lr=1e-3, betas=(hyper["beta1"], hyper["beta2"]), eps=hyper["eps"], weight_decay=hyper["wd"]
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: schedule.factor(min(k + 1, steps), steps))
-    for step in range(steps):
-        loss = big.module_loss(module, step, 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    train_module(big, 0, 1e-3, steps, device, schedule, hyper)
     sync(device)
     return time.perf_counter() - t0
 
