@@ -60,6 +60,9 @@ def behaviour(program: Program, steps=STEPS, cases=CASES) -> list[bytes]:
 def fingerprint(program: Program) -> str:
     """Hex digest of the program's behaviour (see module docstring)."""
     h = hashlib.blake2b(digest_size=16)
+    tuned = sorted(program.tuned.items())
+    if tuned:  # what the protocol tunes changes how the program is evaluated
+        h.update(repr(tuned).encode())
     for chunk in behaviour(program):
         h.update(len(chunk).to_bytes(8, "little"))
         h.update(chunk)

@@ -3,7 +3,8 @@
 Grammar (newlines end statements; inside parentheses they are ignored; ``#`` starts a comment)::
 
     program   := (decl | stmt)*
-    decl      := 'hyper' NAME '=' ['-'] NUMBER (',' NAME '=' ['-'] NUMBER)*
+    decl      := 'hyper' NAME '=' ['-'] NUMBER [tune] (',' NAME '=' ['-'] NUMBER [tune])*
+    tune      := 'tune' '(' NUMBER ',' NUMBER ')'      (tuned by the protocol in that range)
                | 'state' NAME [':' STORAGE] '=' expr (',' NAME [':' STORAGE] '=' expr)*
     stmt      := NAME '=' expr
                | 'if' expr ':' stmt* ('elif' expr ':' stmt*)* ['else' ':' stmt*] 'end'
@@ -173,7 +174,23 @@ class _Parser:
                 self.next()
                 sign = -1.0
             num = self.expect("num", what="a number (hyperparameter defaults are numbers)")
-            out.append(Hyper(name.text, sign * self.number(num), name.line, name.col))
+            tune = None
+            if self.at("name", "tune"):
+                self.next()
+                self.expect("op", "(")
+                lo = self.number(self.expect("num", what="the low end of the tuning range (a positive number)"))
+                self.expect("op", ",")
+                hi_tok = self.expect("num", what="the high end of the tuning range (a positive number)")
+                hi = self.number(hi_tok)
+                self.expect("op", ")")
+                if not 0 < lo < hi:
+                    raise self.error(f"tuning range of {name.text!r} must satisfy 0 < low < high, got ({lo:g}, {hi:g})",
+                                     hi_tok)
+                if name.text == "lr":
+                    raise self.error("lr is always tuned by the protocol's grid; declare tune(...) on other "
+                                     "hyperparameters", name)
+                tune = (lo, hi)
+            out.append(Hyper(name.text, sign * self.number(num), name.line, name.col, tune))
             if not self.at("op", ","):
                 break
             self.next()

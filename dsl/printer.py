@@ -104,7 +104,10 @@ def to_text(p: Program, doc: bool = True) -> str:
     if doc and p.doc:
         out.extend(("# " + line).rstrip() for line in p.doc.splitlines())
     if p.hypers:
-        out.append("hyper " + ", ".join(f"{h.name} = {fmt_number(h.default)}" for h in p.hypers))
+        out.append("hyper " + ", ".join(
+            f"{h.name} = {fmt_number(h.default)}"
+            + (f" tune({fmt_number(h.tune[0])}, {fmt_number(h.tune[1])})" if h.tune is not None else "")
+            for h in p.hypers))
     if p.states:
         parts = []
         for s in p.states:

@@ -83,10 +83,15 @@ Stmt = Union[Assign, If]
 
 @dataclass(frozen=True)
 class Hyper:
+    """A hyperparameter and its default. ``tune`` = ``(lo, hi)`` declares it tuned by the
+    evaluation protocol besides ``lr``, log-uniformly within that range (``hyper r = 0.015
+    tune(0.003, 0.3)``)."""
+
     name: str
     default: float
     line: int = field(default=0, **_POS)
     col: int = field(default=0, **_POS)
+    tune: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,11 @@ class Program:
         return {h.name: h.default for h in self.hypers}
 
     @property
+    def tuned(self) -> dict[str, tuple[float, float]]:
+        """Hyperparameters besides ``lr`` that the protocol tunes, with their ranges."""
+        return {h.name: h.tune for h in self.hypers if h.tune is not None}
+
+    @property
     def state_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.states)
 
@@ -135,7 +145,7 @@ class Program:
         for k in defaults:
             if k not in known:
                 raise KeyError(f"program has no hyperparameter {k!r}; it has {sorted(known)}")
-        hypers = tuple(Hyper(h.name, float(defaults.get(h.name, h.default)), h.line, h.col) for h in self.hypers)
+        hypers = tuple(Hyper(h.name, float(defaults.get(h.name, h.default)), h.line, h.col, h.tune) for h in self.hypers)
         return Program(hypers, self.states, self.body, self.doc)
 
 

@@ -14,6 +14,13 @@
 5. Fitness is the best learning rate's median held-out loss; ``WORST`` (inf) with a ``reason`` if
    nothing finished. Failures never raise: see ``runner`` for the rule. One time limit covers the
    whole evaluation, extension included.
+6. Equal tuning: every program gets the same trials — ``points`` learning rates, plus
+   ``points // 2`` when the best is at an edge. A program that declares other hyperparameters
+   tuned (``hyper r = 0.015 tune(0.003, 0.3)``) spends those same trials on a Latin hypercube
+   over the learning rate and them: the grid's learning rates as before, and each tuned
+   hyperparameter at one of ``points`` log-spaced strata of its range per learning rate (each
+   stratum once, in a fixed order per name); the extension keeps the best trial's values.
+   ``Result.trials`` and ``Result.best_hyper`` say what was tried and chosen.
 
 Deterministic: the same program, task, budget and seeds give the same Result (timings aside).
 """
@@ -24,6 +31,7 @@ import collections
 import contextlib
 import math
 import os
+import random
 import statistics
 import time
 from typing import Sequence
@@ -194,6 +202,8 @@ def evaluate(
         if len(set(grid)) != len(grid):
             raise ValueError(f"learning rates must be distinct, got {list(lrs)}")
 
+    tuned = {k: v for k, v in sorted(prog.tuned.items()) if k not in hyper}
+    trial_values: dict[float, dict[str, float]] = latin_hypercube(grid, tuned)
     members: dict[tuple[float, int], Member] = {}
     eval_steps: list[int] = []
     edges = curve_steps(steps, curve_points)
@@ -224,9 +234,12 @@ def evaluate(
                     )
 
     def _run(batch: list[tuple[float, int]]) -> Run:
+        h: dict = dict(hyper)
+        for name in tuned:
+            h[name] = [trial_values[p[0]][name] for p in batch]
         return run_members(
             fn, task, [p[0] for p in batch], [p[1] for p in batch], steps,
-            schedule=schedule, hyper=hyper, deadline=deadline, blowup=blowup, eval_every=eval_every,
+            schedule=schedule, hyper=h, deadline=deadline, blowup=blowup, eval_every=eval_every,
             device=device, dtype=dtype, hess_eps=hess_eps,
         )
 
@@ -255,6 +268,9 @@ def evaluate(
             side = "high"
         if side:
             new = grid_mod.extend(grid, side, max(1, len(grid) // 2))
+            if tuned:  # the extension keeps the values of the best trial (or of the edge's)
+                keep = trial_values[grid[best if best is not None else 0]]
+                trial_values.update({lr: dict(keep) for lr in new})
             run(new)
             grid = sorted(grid + new)
             meds = medians(grid)
@@ -282,7 +298,24 @@ def evaluate(
         best_lr=None if best is None else grid[best], members=ordered, curve_steps=edges, eval_steps=eval_steps,
         edge=edge, extended=extended, reason=reason, wall_time=time.perf_counter() - start,
         member_steps=member_steps, schedule=schedule.to_dict(), hyper=hyper, device=device,
+        trials={n: [trial_values[lr][n] for lr in grid] for n in tuned},
+        best_hyper={} if best is None else dict(trial_values[grid[best]]) if tuned else {},
     )
+
+
+def latin_hypercube(lrs: list[float], tuned: dict[str, tuple[float, float]]) -> dict[float, dict[str, float]]:
+    """Each learning rate's values of the tuned hyperparameters: hyperparameter ``name`` takes
+    the ``n`` strata of its range, log-spaced (``lo·(hi/lo)^((j + ½)/n)``), one per learning rate,
+    in an order fixed by its name (``random.Random(name)``), so the design is the same on every
+    machine and every run."""
+    n = len(lrs)
+    out: dict[float, dict[str, float]] = {lr: {} for lr in lrs}
+    for name, (lo, hi) in tuned.items():
+        order = list(range(n))
+        random.Random(f"optdisco-tune-{name}-{n}").shuffle(order)
+        for lr, j in zip(lrs, order):
+            out[lr][name] = lo * (hi / lo) ** ((j + 0.5) / n)
+    return out
 
 
 def _reason_kind(reason: str | None) -> str:

@@ -86,6 +86,9 @@ class Result:
       to once, or ``None``.
     - ``members``: every run, with its curves and, if it failed, the step and the reason.
     - ``wall_time`` in seconds and ``member_steps`` (training steps done, summed over members).
+    - ``trials``: for a program that declares tuned hyperparameters, each one's value at each
+      learning rate of ``lrs`` (``{name: [value per lr]}``); ``best_hyper`` their values at
+      ``best_lr`` (both empty otherwise).
     """
 
     program: str
@@ -108,6 +111,8 @@ class Result:
     schedule: dict = field(default_factory=dict)
     hyper: dict = field(default_factory=dict)
     device: str = "cpu"
+    trials: dict = field(default_factory=dict)
+    best_hyper: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------- views
     @property

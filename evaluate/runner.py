@@ -96,7 +96,8 @@ def run_members(
 ) -> Run:
     """Train ``len(lrs)`` members at once; member ``i`` has peak LR ``lrs[i]`` and seed ``seeds[i]``.
 
-    ``fn`` is a compiled program (``optdisco.dsl.compile_program``). ``deadline`` is a
+    ``fn`` is a compiled program (``optdisco.dsl.compile_program``). ``hyper`` fixes other
+    hyperparameters: a number for every member, or a list of one value per member. ``deadline`` is a
     ``time.perf_counter()`` value. ``eval_every`` also records the held-out loss every that many
     steps (and at step 0), for curves only. ``Run.params`` keeps every member's final parameters,
     for analyses beyond the held-out loss (e.g. per-class accuracy). On a CPU it first makes the
@@ -128,6 +129,13 @@ def run_members(
     hyper = dict(hyper or {})
     if "lr" in hyper:
         raise ValueError("pass learning rates as lrs, not in hyper")
+    member_hyper = {}  # hyperparameters given per member: [M] tensors, filtered with the members
+    for k, v in list(hyper.items()):
+        if isinstance(v, (list, tuple)):
+            if len(v) != m:
+                raise ValueError(f"hyperparameter {k!r} has {len(v)} values for {m} members")
+            member_hyper[k] = torch.tensor([float(x) for x in v], dtype=dtype, device=device)
+            del hyper[k]
     threshold: Tensor | None = None
 
     def fail(idx: Tensor, step: int, why: str) -> None:
@@ -136,7 +144,7 @@ def run_members(
             reason[i] = why
 
     def keep_only(keep: Tensor) -> None:
-        nonlocal alive, params, flat, state, peak, cur_seeds, threshold
+        nonlocal alive, params, flat, state, peak, cur_seeds, threshold, member_hyper
         n = len(cur_seeds)
         alive = alive[keep]
         kl = keep.tolist()
@@ -148,6 +156,7 @@ def run_members(
             params = {k: v[keep.to(v.device)] for k, v in params.items()}
         state = {k: _select(v, keep.to(device), n) for k, v in state.items()}
         peak = peak[keep.to(peak.device)]
+        member_hyper = {k: v[keep.to(v.device)] for k, v in member_hyper.items()}
         if threshold is not None:
             threshold = threshold[keep]
 
@@ -188,6 +197,7 @@ def run_members(
                 break
         hess = hutchinson(task, params, step, cur_seeds, hess_eps) if fn.uses_hess_diag else None
         hyp = dict(hyper)
+        hyp.update(member_hyper)
         hyp["lr"] = peak * schedule.factor(t, steps)
         try:
             with torch.no_grad():
