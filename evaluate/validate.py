@@ -198,7 +198,8 @@ def validate(
         if tune.best_lr is None:
             report.rows.append(Row(name, None, [], math.inf, math.inf, reason=tune.reason, tune=tune))
             continue
-        rerun = evaluate(spec, task_obj, lrs=[tune.best_lr], seeds=seed_list, extend=False, eval_every=every, **common)
+        rerun = evaluate(spec, task_obj, lrs=[tune.best_lr], seeds=seed_list, extend=False, eval_every=every,
+                         hyper=tune.best_hyper or None, **common)
         finals = [m.final_loss for m in rerun.members]
         spread = max(finals) - min(finals) if all(math.isfinite(f) for f in finals) else math.inf
         reason = None if math.isfinite(rerun.fitness) else (rerun.reason or "failed on some seed")
@@ -272,3 +273,67 @@ def plot_curves(report: Report, path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def validate_suite(
+    programs: Sequence,
+    baselines: Sequence[str] = ("adamw", "nadam", "lion", "soap", "muon"),
+    tasks: Sequence[str] = (),
+    size: str = "proxy",
+    seeds: int = 3,
+    *,
+    names: Sequence[str] | None = None,
+    threads: int | None = 1,
+    device: str | None = None,
+    log=None,
+) -> dict[str, Report]:
+    """``validate`` on each of ``tasks`` (no plots): ``{task: Report}``. ``names`` labels
+    ``programs`` (default: as ``validate`` labels them). Verdicts need at least two seeds."""
+    if seeds < 2:
+        raise ValueError("a verdict needs a seed spread: validate with at least 2 seeds")
+    if not tasks:
+        raise ValueError("validate_suite needs at least one task")
+    out = {}
+    specs = list(programs)
+    if names is not None:
+        import dataclasses
+
+        specs = [dataclasses.replace(resolve_program(p), doc=f"{n} —") for p, n in zip(programs, names)]
+    for task in tasks:
+        if log:
+            log(f"held-out task {task}:")
+        out[task] = validate(specs, baselines, task=task, size=size, seeds=seeds, plot=None, threads=threads,
+                             device=device, log=log)
+    return out
+
+
+def suite_table(reports: dict[str, Report]) -> str:
+    """One Markdown table: each program × each task, its median held-out loss as a ratio to tuned
+    AdamW's, the seed spread (max − min over seeds, as a ratio to AdamW's median too) and the
+    verdict; then per program the count of wins, ties and losses."""
+    tasks = list(reports)
+    if not tasks:
+        return ""
+    names = [r.name for r in reports[tasks[0]].rows]
+    head = "| program | " + " | ".join(f"{t}: ratio (spread) verdict" for t in tasks) + " | better / tie / worse |"
+    lines = [head, "|" + " --- |" * (len(tasks) + 2)]
+    for name in names:
+        cells, counts = [], {"better": 0, "tie": 0, "worse": 0}
+        for t in tasks:
+            rep = reports[t]
+            try:
+                row = rep.row(name)
+                ref = rep.row(REFERENCE)
+            except KeyError:
+                cells.append("—")
+                continue
+            if row.reason or not math.isfinite(row.median) or not math.isfinite(ref.median) or ref.median <= 0:
+                cells.append("failed")
+                counts["worse"] += 1
+                continue
+            verdict = row.verdict.split(" ")[0] if row.verdict else "—"
+            if verdict in counts:
+                counts[verdict] += 1
+            cells.append(f"{row.median / ref.median:.3f} ({row.spread / ref.median:.3f}) {verdict}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {counts['better']} / {counts['tie']} / {counts['worse']} |")
+    return "\n".join(lines)

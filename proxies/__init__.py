@@ -14,6 +14,7 @@ and decorating it with ``@register``.
 
 from .base import ROLES, SIZES, PoolTask, Task, epoch_indices, generator, mix, seed_list
 from .registry import get, names, register
+from .suites import HELDOUT, SUITE
 
 from . import quadratic, mlp, memory, digits, lm  # noqa: E402,F401  (register the built-in tasks)
 
@@ -21,6 +22,6 @@ DEFAULT = "mlp"
 """The project's default proxy task."""
 
 __all__ = [
-    "DEFAULT", "PoolTask", "ROLES", "SIZES", "Task", "epoch_indices", "generator", "get", "mix", "names",
-    "register", "seed_list",
+    "DEFAULT", "HELDOUT", "PoolTask", "ROLES", "SIZES", "Task", "epoch_indices", "generator", "get", "mix", "names",
+    "register", "seed_list", "SUITE",
 ]
