@@ -71,7 +71,7 @@ def cmd_simplify(args) -> int:
                                          origin="simplified", proposal=None, status="done", tier_reached=last,
                                          fitness=res.fitness_after)
             if out is not None:
-                RunStore.add_evaluation(c, candidate=cid, tier=last, task=tier.task, fitness=out.fitness,
+                RunStore.add_evaluation(c, candidate=cid, tier=last, task=tier.name, fitness=out.fitness,
                                         result=out.result, wall=out.wall, worker=out.worker, error=out.error)
             return cid
 

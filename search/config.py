@@ -15,6 +15,10 @@ A TOML file holds the same keys as :class:`SearchConfig`; tiers are an array of 
     task = "mlp"
     seeds = 2
     promote = 0.25          # (of the previous tier) fraction promoted into this one
+
+A tier may be a suite of tasks (``tasks = ["mlp", "memory"]``): its fitness is the suite
+aggregate of each task's fitness divided by tuned AdamW's there (``optdisco.evaluate.suite``).
+With neither ``task`` nor ``tiers`` the funnel runs on the default suite.
 """
 
 from __future__ import annotations
@@ -30,7 +34,22 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 EXECUTORS = ("ray", "local")
+STRATEGIES = ("evolution", "random")
 DEFAULT_SEED_PROGRAMS = ("sgd", "momentum", "adam", "signum", "lion")
+DEFAULT_BASELINES = ("adamw", "nadam", "lion", "soap", "muon")
+"""What the end-of-run validation compares the top programs with on the held-out suite."""
+
+
+def default_suite() -> tuple[str, ...]:
+    from optdisco.proxies.suites import SUITE
+
+    return tuple(SUITE)
+
+
+def default_heldout() -> tuple[str, ...]:
+    from optdisco.proxies.suites import HELDOUT
+
+    return tuple(HELDOUT)
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,11 @@ class Tier:
     ``steps``/``seeds`` (a count: seeds 0…n−1)/``lrs``/``points`` (of the LR grid) left as
     ``None`` take the evaluator's defaults for the task.
     ``time_limit`` (seconds) bounds one evaluation; a hung one is stopped and recorded as failed.
+
+    ``tasks`` makes the tier a suite (``task`` is then unused): each task is evaluated as above
+    and the tier's fitness is the suite aggregate of ``fitness / reference fitness`` per task,
+    the reference being the library program ``reference`` tuned by the same protocol, once per
+    run. ``references`` holds those fitnesses ((task, fitness) pairs); the search fills it in.
     """
 
     task: str = "mlp"
@@ -51,9 +75,31 @@ class Tier:
     points: int | None = None
     promote: float = 0.25
     time_limit: float = 300.0
+    tasks: tuple[str, ...] | None = None
+    reference: str = "adamw"
+    references: tuple[tuple[str, float], ...] | None = None
+
+    @property
+    def is_suite(self) -> bool:
+        return self.tasks is not None
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The tier's tasks: the suite, or the one task."""
+        return tuple(self.tasks) if self.tasks is not None else (self.task,)
+
+    @property
+    def name(self) -> str:
+        """The task's name, or ``suite`` for a suite (as the store's evaluations record it)."""
+        return "suite" if self.tasks is not None else self.task
+
+    def with_references(self, references: dict[str, float] | None) -> "Tier":
+        """This tier with the reference fitnesses of its suite filled in."""
+        refs = None if references is None else tuple((t, float(references[t])) for t in self.task_names)
+        return dataclasses.replace(self, references=refs)
 
     def label(self) -> str:
-        parts = [self.task]
+        parts = [f"suite({','.join(self.tasks)})" if self.tasks is not None else self.task]
         if self.size != "proxy":
             parts.append(self.size)
         if self.steps:
@@ -71,14 +117,25 @@ class Tier:
         d = dict(d)
         if d.get("lrs") is not None:
             d["lrs"] = tuple(float(x) for x in d["lrs"])
+        if d.get("tasks") is not None:
+            tasks = d["tasks"]
+            if isinstance(tasks, str) or not all(isinstance(x, str) for x in tasks) or not tasks:
+                raise ValueError(f"tier tasks must be a non-empty list of task names, got {tasks!r}")
+            d["tasks"] = tuple(tasks)
+        if d.get("references") is not None:
+            d["references"] = tuple((str(t), float(f)) for t, f in d["references"])
         return Tier(**d)
 
 
-def default_tiers(task: str = "mlp") -> tuple[Tier, ...]:
+def default_tiers(task: str | None = None, suite: tuple[str, ...] | None = None) -> tuple[Tier, ...]:
     """The default funnel: the proxy run with one seed on a coarse 5-point LR grid, then the
     standard protocol (8-point grid, two seeds) for the best quarter. (A shortened first tier
     was tried: at 100 or 200 of the MLP proxy's 400 steps the library's methods rank almost in
-    reverse, so tier 0 keeps the full length and saves on seeds and grid points instead.)"""
+    reverse, so tier 0 keeps the full length and saves on seeds and grid points instead.)
+    With no ``task`` both tiers run on the suite (default: ``optdisco.proxies.SUITE``)."""
+    if task is None:
+        tasks = tuple(suite) if suite else default_suite()
+        return (Tier(tasks=tasks, seeds=1, points=5), Tier(tasks=tasks, seeds=2, promote=0.25))
     return (Tier(task, seeds=1, points=5), Tier(task, seeds=2, promote=0.25))
 
 
@@ -91,11 +148,21 @@ class SearchConfig:
     (in-process). address: a Ray cluster to join (``auto`` or ``host:port``); by default a local
     Ray instance with ``workers`` CPUs is started.
     seed: the random seed; with one worker a run is a function of it.
-    task: the proxy task for the default funnel; tiers: an explicit funnel instead.
+    task: one proxy task for the default funnel; suite: the tasks of the default funnel when no
+    task is given (default ``optdisco.proxies.SUITE``); tiers: an explicit funnel instead.
+    strategy: ``evolution`` (tournaments pick parents) or ``random`` (parents drawn uniformly
+    from the population, never by fitness: the random-search baseline of the same grammar).
+    heldout: tasks that judge the finalists and never enter selection (default
+    ``optdisco.proxies.HELDOUT``). heldout_every: every that many evaluations the ``finalists``
+    best programs on the last tier are evaluated on the held-out suite (0: never); recorded for
+    the meta-overfitting curve, never read by selection.
+    validate_top: at the end of the run the best that many programs are simplified and
+    validated on the held-out suite with ``validate_seeds`` seeds against tuned
+    ``validate_baselines`` (0: skip; ``optdisco validate-run`` does it later).
     seed_programs: library programs that warm-start the population (``["all"]`` for every one).
     population / tournament: aging-evolution sizes. max_statements: the length limit.
     restart_after: evaluations without improvement after which the population restarts from
-    the best programs so far and the seeds (0: never).
+    the best programs so far and the seeds (0: never; ignored by the random strategy).
     max_retries: resubmissions of an evaluation whose worker died.
     mutation_weights: relative frequency of each mutation operator.
     """
@@ -105,7 +172,15 @@ class SearchConfig:
     executor: str = "ray"
     address: str | None = None
     seed: int = 0
-    task: str = "mlp"
+    task: str | None = None
+    suite: tuple[str, ...] | None = None
+    strategy: str = "evolution"
+    heldout: tuple[str, ...] | None = None
+    heldout_every: int = 0
+    finalists: int = 3
+    validate_top: int = 0
+    validate_seeds: int = 3
+    validate_baselines: tuple[str, ...] = DEFAULT_BASELINES
     tiers: tuple[Tier, ...] | None = None
     seed_programs: tuple[str, ...] = DEFAULT_SEED_PROGRAMS
     population: int = 24
@@ -121,8 +196,15 @@ class SearchConfig:
         if isinstance(self.seed_programs, str):
             self.seed_programs = tuple(s.strip() for s in self.seed_programs.split(",") if s.strip())
         self.seed_programs = tuple(self.seed_programs)
+        for key in ("suite", "heldout", "validate_baselines"):
+            v = getattr(self, key)
+            if isinstance(v, str):
+                v = tuple(s.strip() for s in v.split(",") if s.strip())
+            setattr(self, key, None if v is None else tuple(v))
+        if self.heldout is None:
+            self.heldout = default_heldout()
         if self.tiers is None:
-            self.tiers = default_tiers(self.task)
+            self.tiers = default_tiers(self.task, self.suite)
         self.tiers = tuple(t if isinstance(t, Tier) else Tier.from_dict(t) for t in self.tiers)
         self.validate()
 
@@ -147,14 +229,30 @@ class SearchConfig:
             bad("at least one seed program is needed")
         if self.max_statements < 1:
             bad("max_statements must be at least 1")
+        if self.strategy not in STRATEGIES:
+            bad(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.heldout_every < 0 or self.finalists < 1 or self.validate_top < 0:
+            bad("need heldout_every >= 0, finalists >= 1 and validate_top >= 0")
+        if self.validate_seeds < 2:
+            bad("validate_seeds must be at least 2 (a verdict needs a seed spread)")
+        selection = {t for tier in self.tiers for t in tier.task_names}
+        both = sorted(selection & set(self.heldout))
+        if both:
+            bad(f"held-out tasks {both} are also selection tasks of the funnel; a held-out task may never be "
+                "selected on")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["tiers"] = [dataclasses.asdict(t) for t in self.tiers]
         for t in d["tiers"]:
-            if t["lrs"] is not None:
-                t["lrs"] = list(t["lrs"])
-        d["seed_programs"] = list(self.seed_programs)
+            for key in ("lrs", "tasks"):
+                if t[key] is not None:
+                    t[key] = list(t[key])
+            if t["references"] is not None:
+                t["references"] = [list(x) for x in t["references"]]
+        for key in ("seed_programs", "suite", "heldout", "validate_baselines"):
+            if d[key] is not None:
+                d[key] = list(d[key])
         return d
 
     @staticmethod

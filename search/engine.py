@@ -40,7 +40,7 @@ from typing import Callable
 from optdisco.dsl import Program, fingerprint, parse
 
 from .config import SearchConfig
-from .evaluator import Job, ProxyEvaluator
+from .evaluator import HELDOUT, REFERENCE, SEARCH, Job, ProxyEvaluator
 from .executors import Finished, make_executor
 from .mutation import mutate
 from .screen import screen
@@ -68,7 +68,7 @@ def score_key(tier_reached: int, fitness: float) -> tuple[int, float]:
 
 def default_store_path(config: SearchConfig, root: str | Path = "optdisco-runs") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{stamp}-{config.tiers[-1].task}-seed{config.seed}.db"
+    return Path(root) / f"{stamp}-{config.tiers[-1].name}-seed{config.seed}.db"
 
 
 def load_seeds(config: SearchConfig) -> list[tuple[str, str]]:
@@ -176,6 +176,14 @@ class Search:
         self.state["elapsed"] = self._elapsed0 + (time.monotonic() - self._t0)
         RunStore.set_meta(c, "state", self.state)
 
+    def _parent(self, rng: random.Random) -> int:
+        """A parent: a tournament's winner (``evolution``), or a member of the population drawn
+        uniformly, whatever its fitness (``random``: the random-walk baseline)."""
+        if self.config.strategy == "random":
+            pop = self.state["population"]
+            return pop[rng.randrange(len(pop))][0]
+        return self._tournament(rng)
+
     def _tournament(self, rng: random.Random) -> int:
         pop = self.state["population"]
         k = min(self.config.tournament, len(pop))
@@ -194,7 +202,8 @@ class Search:
             st["since_improvement"] = 0
         else:
             st["since_improvement"] += 1
-        if self.config.restart_after and st["since_improvement"] >= self.config.restart_after:
+        if (self.config.restart_after and self.config.strategy != "random"
+                and st["since_improvement"] >= self.config.restart_after):
             self._restart()
 
     def _restart(self) -> None:
@@ -222,8 +231,8 @@ class Search:
         if not st["population"]:
             return "wait"
         rng = random.Random(mix(cfg.seed, n))
-        parent = self._tournament(rng)
-        other = self._tournament(rng)
+        parent = self._parent(rng)
+        other = self._parent(rng)
         for _ in range(cfg.attempts_per_proposal):
             child, why = mutate(self.program(parent), rng, other=self.program(other),
                                 max_statements=cfg.max_statements, weights=cfg.mutation_weights)
@@ -270,7 +279,7 @@ class Search:
             return cid
 
         cid = self.store.transaction(tx)
-        return Job(cid, 0, self.config.tiers[0], text, 1)
+        return Job(cid, 0, self.tier(0), text, 1)
 
     # -- recording -----------------------------------------------------------------------------------
     def _promote(self, c, cid: int, tier: int, fitness: float, origin: str) -> bool:
@@ -311,7 +320,7 @@ class Search:
                 RunStore.add_failure(c, candidate=job.candidate, tier=job.tier_index, attempt=job.attempt,
                                      kind=f.failure, worker=out.worker or None, error=out.error)
                 st["failures"] += 1
-            RunStore.add_evaluation(c, candidate=job.candidate, tier=job.tier_index, task=job.tier.task,
+            RunStore.add_evaluation(c, candidate=job.candidate, tier=job.tier_index, task=job.tier.name,
                                     fitness=out.fitness, result=out.result, wall=out.wall, worker=out.worker or None,
                                     error=out.error, attempts=job.attempt)
             st["evaluations"] += 1
@@ -320,7 +329,7 @@ class Search:
                 RunStore.finish_candidate(c, job.candidate, status="promoted", tier_reached=job.tier_index,
                                           fitness=out.fitness)
                 st["pending"].append([job.candidate, job.tier_index + 1, 1])
-                next_job = Job(job.candidate, job.tier_index + 1, self.config.tiers[job.tier_index + 1], job.program, 1)
+                next_job = Job(job.candidate, job.tier_index + 1, self.tier(job.tier_index + 1), job.program, 1)
             else:
                 failed = not math.isfinite(out.fitness)
                 RunStore.finish_candidate(c, job.candidate, status="failed" if failed else "done",
@@ -352,13 +361,18 @@ class Search:
         self._t0 = time.monotonic()
         self._elapsed0 = float(self.state.get("elapsed", 0.0))
         ready: list[Job] = []
-        for cid, tier, attempt in self.state["pending"]:  # jobs in flight when the last run stopped
-            ready.append(Job(cid, tier, cfg.tiers[tier], self.store.candidate(cid)["program"], attempt))
-        idle_proposals = 0
+        self._side_jobs = 0
         try:
+            self._ensure_references(ex)
+            for cid, tier, attempt in self.state["pending"]:  # jobs in flight when the last run stopped
+                ready.append(Job(cid, tier, self.tier(tier), self.store.candidate(cid)["program"], attempt))
+            for cid in list(self.state.get("heldout_pending", [])):
+                self._submit_heldout(ex, cid, resubmit=True)
+            idle_proposals = 0
             while True:
                 stalled = False
-                while ex.in_flight() < ex.workers and self.state["evaluations"] + ex.in_flight() < cfg.budget:
+                while (ex.in_flight() < ex.workers
+                       and self.state["evaluations"] + ex.in_flight() - self._side_jobs < cfg.budget):
                     if ready:
                         ex.submit(ready.pop(0))
                         continue
@@ -378,17 +392,132 @@ class Search:
                 if ex.in_flight() == 0:
                     if stalled:
                         raise SearchError("no candidate could be evaluated: every seed program failed")
+                    if self._heldout_check(ex, final=True):
+                        continue
                     break
                 for f in ex.poll():
+                    if f.job.kind == HELDOUT:
+                        self._side_jobs -= 1
+                        self._record_heldout(f)
+                        continue
                     nxt = self._record(f)
                     if nxt is not None:
                         ready.insert(0, nxt)
+                    self._heldout_check(ex)
                     self._notify(ex)
         finally:
             if executor is None:
                 ex.close()
         self.store.transaction(lambda c: (self._save_state(c), RunStore.set_meta(c, "finished", time.time())))
         return Run(self.store.path)
+
+    # -- references and the held-out suite ----------------------------------------------------------
+    def tier(self, i: int):
+        """Tier ``i`` of the funnel, with its suite's reference fitnesses filled in."""
+        t = self.config.tiers[i]
+        if not t.is_suite:
+            return t
+        refs = self.store.get_meta("references", {}).get(str(i))
+        if refs is None:
+            raise SearchError(f"tier {i}'s reference fitnesses are not computed yet")
+        return t.with_references(refs)
+
+    def heldout_tier(self):
+        """The held-out suite as a tier: the standard protocol (8-point grid, extension, two
+        seeds) on each held-out task at proxy size, normalized by the reference there."""
+        from .config import Tier
+
+        return Tier(tasks=tuple(self.config.heldout), seeds=2, time_limit=self.config.tiers[-1].time_limit * 4)
+
+    def _ensure_references(self, ex) -> None:
+        """Evaluate the reference program once per suite tier (and on the held-out suite when
+        it will be used) and store the fitnesses; a resumed run reuses the stored ones."""
+        from optdisco import library
+
+        refs = self.store.get_meta("references", {})
+        needed = [(str(i), t) for i, t in enumerate(self.config.tiers) if t.is_suite and str(i) not in refs]
+        if self.config.heldout_every and self.config.heldout and "heldout" not in refs:
+            needed.append(("heldout", self.heldout_tier()))
+        if not needed:
+            return
+        jobs = {}
+        for n, (key, tier) in enumerate(needed):
+            job = Job(-1 - n, -1, tier, library.load(tier.reference).to_text(), kind=REFERENCE)
+            jobs[job.candidate] = key
+            ex.submit(job)
+        while ex.in_flight():
+            for f in ex.poll():
+                key = jobs[f.job.candidate]
+                by_task = (f.outcome.result or {}).get("fitness_by_task", {})
+                missing = [t for t in f.job.tier.task_names
+                           if by_task.get(t) is None or not math.isfinite(float(by_task[t]))]
+                if f.failure or missing:
+                    why = (f"the reference {f.job.tier.reference!r} failed on "
+                           f"{', '.join(missing) or f.job.tier.label()}: {f.outcome.error or f.failure}")
+                    if key != "heldout":
+                        raise SearchError(why)
+                    refs[key] = None  # no held-out checks in this run; the search itself goes on
+                    self.state["heldout_error"] = why
+                    continue
+                refs[key] = {t: float(by_task[t]) for t in f.job.tier.task_names}
+                self.store.transaction(lambda c: (RunStore.set_meta(c, "references", refs), self._save_state(c)))
+
+    def _finalists(self) -> list[int]:
+        """The ``finalists`` best candidates on the last tier so far."""
+        last = len(self.config.tiers) - 1
+        rows = self.store.candidates("origin IN ('seed', 'child') AND status = 'done' AND tier_reached = ?", (last,))
+        rows = [r for r in rows if r["fitness"] is not None and math.isfinite(r["fitness"])]
+        rows.sort(key=lambda r: (r["fitness"], r["id"]))
+        return [r["id"] for r in rows[: self.config.finalists]]
+
+    def _heldout_check(self, ex, final: bool = False) -> bool:
+        """Every ``heldout_every`` evaluations (and once at the end), evaluate the finalists not
+        yet seen on the held-out suite. Only reports read the results. Returns whether any job
+        was submitted."""
+        cfg = self.config
+        if not cfg.heldout_every or not cfg.heldout:
+            return False
+        st = self.state
+        due = st.setdefault("next_heldout", cfg.heldout_every)
+        at = st["evaluations"]
+        checks = st.setdefault("heldout_checks", [])
+        if final:
+            if checks and checks[-1] == at:
+                return False
+        elif at < due:
+            return False
+        else:
+            st["next_heldout"] = (at // cfg.heldout_every + 1) * cfg.heldout_every
+        checks.append(at)
+        seen = set(self.store.heldout()) | set(st.setdefault("heldout_pending", []))
+        submitted = False
+        for cid in self._finalists():
+            if cid not in seen:
+                self._submit_heldout(ex, cid)
+                submitted = True
+        self.store.transaction(self._save_state)
+        return submitted
+
+    def _submit_heldout(self, ex, cid: int, resubmit: bool = False) -> None:
+        refs = self.store.get_meta("references", {}).get("heldout")
+        if refs is None:
+            return
+        tier = self.heldout_tier().with_references(refs)
+        ex.submit(Job(cid, -1, tier, self.store.candidate(cid)["program"], kind=HELDOUT))
+        self._side_jobs += 1
+        if not resubmit:
+            self.state.setdefault("heldout_pending", []).append(cid)
+
+    def _record_heldout(self, f) -> None:
+        st = self.state
+
+        def tx(c):
+            RunStore.add_heldout(c, candidate=f.job.candidate, at_evaluation=st["evaluations"],
+                                 fitness=f.outcome.fitness, result=f.outcome.result)
+            st["heldout_pending"] = [x for x in st.get("heldout_pending", []) if x != f.job.candidate]
+            self._save_state(c)
+
+        self.store.transaction(tx)
 
     def _notify(self, ex) -> None:
         if self.on_progress:

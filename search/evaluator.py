@@ -36,6 +36,11 @@ class Outcome:
     worker: str = ""
 
 
+SEARCH, REFERENCE, HELDOUT = "search", "reference", "heldout"
+"""Job kinds: a candidate's evaluation on a funnel tier (the only kind selection ever reads), a
+suite reference's evaluation, a finalist's evaluation on the held-out suite."""
+
+
 @dataclass(frozen=True)
 class Job:
     candidate: int
@@ -43,6 +48,7 @@ class Job:
     tier: Tier
     program: str  # canonical text
     attempt: int = 1
+    kind: str = SEARCH
 
     @property
     def key(self) -> tuple[int, int]:
@@ -110,9 +116,16 @@ class ProxyEvaluator:
     options: dict = field(default_factory=dict)
 
     def __call__(self, program: Program, tier: Tier, device: str | None = None) -> Outcome:
+        if tier.is_suite:
+            return self.suite(program, tier, device)
+        result = self.run(program, tier.task, tier, device)
+        return Outcome(float(result.fitness), compact_result(result), result.reason or None)
+
+    def run(self, program: Program, task_name: str, tier: Tier, device: str | None = None):
+        """``optdisco.evaluate.evaluate`` of ``program`` on one task with the tier's budget."""
         from optdisco.evaluate import evaluate
 
-        task = _task(tier.task, tier.size)
+        task = _task(task_name, tier.size)
         kwargs: dict[str, Any] = dict(self.options)
         if tier.steps is not None:
             kwargs["steps"] = tier.steps
@@ -125,8 +138,37 @@ class ProxyEvaluator:
         if device is not None:
             kwargs["device"] = device
         kwargs.setdefault("threads", self.threads)
-        result = evaluate(program, task, time_limit=tier.time_limit, **kwargs)
-        return Outcome(float(result.fitness), compact_result(result), result.reason or None)
+        return evaluate(program, task, time_limit=tier.time_limit, **kwargs)
+
+    def suite(self, program: Program, tier: Tier, device: str | None = None) -> Outcome:
+        """Every task of a suite tier, then the suite aggregate of the ratios to the tier's
+        references (``optdisco.evaluate.suite``). The first task that fails ends the evaluation
+        (the aggregate is ``inf`` whatever the others give). Without references (the reference's
+        own evaluation) the fitness is the geometric mean of the raw fitnesses."""
+        from optdisco.evaluate.suite import aggregate, ratios
+
+        per_task: dict[str, dict] = {}
+        fitness: dict[str, float] = {}
+        reason = None
+        for name in tier.task_names:
+            result = self.run(program, name, tier, device)
+            per_task[name] = compact_result(result)
+            fitness[name] = float(result.fitness)
+            if not math.isfinite(result.fitness):
+                reason = f"{name}: {result.reason or 'failed'}"
+                break
+        details: dict[str, Any] = {"tasks": per_task, "fitness_by_task": dict(fitness)}
+        if reason is not None:
+            total = WORST
+        elif tier.references is not None:
+            refs = dict(tier.references)
+            r = ratios(fitness, refs)
+            details["references"] = refs
+            details["ratios"] = r
+            total = aggregate(r)
+        else:
+            total = math.exp(sum(math.log(max(f, 1e-300)) for f in fitness.values()) / len(fitness))
+        return Outcome(float(total), _jsonable(details), reason)
 
 
 def compact_result(result) -> dict:

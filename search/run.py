@@ -37,6 +37,24 @@ class Run:
         s = self.stats()
         return f"Run({str(self.path)!r}, {s['evaluations']} evaluations, best {s['best_fitness']:.4g})"
 
+    def tier(self, i: int):
+        """Tier ``i`` of the funnel with its suite's stored reference fitnesses filled in."""
+        t = self.config.tiers[i]
+        if not t.is_suite:
+            return t
+        refs = self.store.get_meta("references", {}).get(str(i))
+        if refs is None:
+            raise ValueError(f"{self.path}: tier {i}'s reference fitnesses were never computed")
+        return t.with_references(refs)
+
+    def heldout(self) -> dict[int, dict]:
+        """Held-out suite evaluations of finalists during the run, by candidate id."""
+        return self.store.heldout()
+
+    def validation(self) -> dict | None:
+        """The end-of-run validation on the held-out suite (``optdisco.search.finalize``)."""
+        return self.store.get_meta("validation")
+
     @property
     def state(self) -> dict:
         return self.store.get_meta("state", {})

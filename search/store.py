@@ -15,6 +15,9 @@ Tables::
     evaluations(id, candidate, tier, task, fitness, result, wall, worker, error, attempts,
                 finished)                  UNIQUE(candidate, tier); id is the recording order
     failures(id, candidate, tier, attempt, kind, worker, error, time)
+    heldout(id, candidate, at_evaluation, fitness, result, finished)
+                                           a finalist on the held-out suite, UNIQUE(candidate);
+                                           written for reports, never read by selection
 """
 
 from __future__ import annotations
@@ -59,6 +62,15 @@ CREATE TABLE IF NOT EXISTS evaluations (
     attempts INTEGER NOT NULL DEFAULT 1,
     finished REAL NOT NULL,
     UNIQUE (candidate, tier)
+);
+CREATE TABLE IF NOT EXISTS heldout (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    candidate INTEGER NOT NULL,
+    at_evaluation INTEGER NOT NULL,
+    fitness REAL,
+    result TEXT,
+    finished REAL NOT NULL,
+    UNIQUE (candidate)
 );
 CREATE TABLE IF NOT EXISTS failures (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -164,6 +176,14 @@ class RunStore:
         )
 
     @staticmethod
+    def add_heldout(c, *, candidate: int, at_evaluation: int, fitness: float, result: dict | None) -> None:
+        c.execute(
+            "INSERT OR REPLACE INTO heldout (candidate, at_evaluation, fitness, result, finished) VALUES (?,?,?,?,?)",
+            (candidate, at_evaluation, _f(fitness), json.dumps(result, allow_nan=True) if result is not None else None,
+             time.time()),
+        )
+
+    @staticmethod
     def finish_candidate(c, cid: int, *, status: str, tier_reached: int, fitness: float) -> None:
         c.execute("UPDATE candidates SET status = ?, tier_reached = ?, fitness = ? WHERE id = ?",
                   (status, tier_reached, _f(fitness), cid))
@@ -189,6 +209,17 @@ class RunStore:
     def evaluation(self, candidate: int, tier: int) -> dict | None:
         r = self.db.execute("SELECT * FROM evaluations WHERE candidate = ? AND tier = ?", (candidate, tier)).fetchone()
         return _evaluation_row(r) if r else None
+
+    def heldout(self) -> dict[int, dict]:
+        """Held-out evaluations by candidate: ``{id: {at_evaluation, fitness, result, finished}}``."""
+        out = {}
+        for r in self.db.execute("SELECT * FROM heldout ORDER BY id"):
+            d = dict(r)
+            d["result"] = json.loads(d["result"]) if d["result"] else None
+            if d["fitness"] is None:
+                d["fitness"] = math.inf
+            out[d["candidate"]] = d
+        return out
 
     def failures(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM failures ORDER BY id")]

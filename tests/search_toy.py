@@ -106,3 +106,29 @@ class HangOnCall:
         if _bump(self.counter) == self.n:
             time.sleep(3600)
         return quad_eval(program, tier)
+
+
+TOY_TASKS = {"q10": 10, "q20": 20, "q40": 40, "q80": 80}
+"""Toy suite tasks: the quadratic trained for that many steps (``impossible``: every program fails)."""
+
+
+def toy_task_fitness(program, name: str) -> float:
+    if name == "impossible":
+        return math.inf
+    return quad_fitness(program, TOY_TASKS[name])
+
+
+def suite_eval(program, tier, device=None) -> Outcome:
+    """``quad_eval`` for one task; for a suite tier, each toy task's fitness and the suite
+    aggregate against the tier's references (as the product's evaluator does)."""
+    from optdisco.evaluate.suite import aggregate, ratios
+
+    if not tier.is_suite:
+        return quad_eval(program, tier)
+    by = {t: toy_task_fitness(program, t) for t in tier.task_names}
+    details = {"fitness_by_task": {t: (f if math.isfinite(f) else None) for t, f in by.items()}}
+    if not all(math.isfinite(f) for f in by.values()):
+        return Outcome(math.inf, details, "a task failed")
+    if tier.references is None:
+        return Outcome(math.exp(sum(math.log(f) for f in by.values()) / len(by)), details)
+    return Outcome(aggregate(ratios(by, dict(tier.references))), details)

@@ -1,0 +1,116 @@
+"""Selection over a task suite, held-out tasks kept out of selection, the random-search baseline."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from optdisco.evaluate import evaluate
+from optdisco.evaluate.suite import GAIN_CAP, aggregate, geometric_mean, ratios
+from optdisco.search import Search, SearchConfig
+from optdisco.search.config import Tier
+from optdisco.search.evaluator import ProxyEvaluator
+
+from search_toy import seed_files, suite_eval
+
+
+def by_hand(rs: list[float]) -> float:
+    """The documented rule, written out: exp(mean(max(log r, -log 2)) + max(0, max log r))."""
+    logs = [max(math.log(r), -math.log(2.0)) for r in rs]
+    return math.exp(sum(logs) / len(logs) + max(0.0, max(logs)))
+
+
+def test_aggregate_follows_the_documented_rule():
+    for rs in ([1.0, 1.0], [0.9, 1.1, 1.0], [0.3, 1.0, 1.2], [0.95, 0.97], [2.0, 0.5, 0.7, 1.01]):
+        assert aggregate(dict(enumerate(rs))) == pytest.approx(by_hand(rs), rel=1e-12)
+    assert GAIN_CAP == 2.0
+    assert aggregate({"a": 1.0, "b": math.inf}) == math.inf
+    assert geometric_mean({"a": 0.5, "b": 2.0}) == pytest.approx(1.0)
+
+
+def test_winning_one_task_and_losing_another_badly_scores_worse_than_tying_both():
+    tie = aggregate({"a": 1.0, "b": 1.0})
+    assert tie == pytest.approx(1.0)
+    for win, loss in ((0.8, 1.5), (0.5, 1.5), (0.3, 2.0), (0.9, 1.2)):
+        assert aggregate({"a": win, "b": loss}) > tie
+    # the plain geometric mean would buy the loss back
+    assert geometric_mean({"a": 0.5, "b": 1.5}) < tie
+
+
+def test_ratios_divide_by_the_reference_and_fail_on_missing_tasks():
+    r = ratios({"a": 2.0, "b": 3.0}, {"a": 4.0, "b": 3.0})
+    assert r == {"a": 0.5, "b": 1.0}
+    assert ratios({"a": 2.0}, {"a": 4.0, "b": 1.0})["b"] == math.inf
+    with pytest.raises(ValueError, match="reference"):
+        ratios({"a": 1.0}, {"a": 0.0})
+
+
+def test_suite_tier_fitness_is_the_aggregate_of_each_tasks_normalized_score():
+    tier = Tier(tasks=("quadratic", "memory"), seeds=1, points=3, steps=20)
+    refs = {"quadratic": 0.01, "memory": 2.0}
+    out = ProxyEvaluator()(__import__("optdisco.library", fromlist=["load"]).load("adam"), tier.with_references(refs))
+    raw = {t: evaluate("adam", t, steps=20, seeds=(0,), points=3).fitness for t in ("quadratic", "memory")}
+    assert out.result["fitness_by_task"] == pytest.approx(raw, rel=1e-12)
+    assert out.fitness == pytest.approx(by_hand([raw["quadratic"] / 0.01, raw["memory"] / 2.0]), rel=1e-12)
+
+
+def _config(tmp_path, **kw):
+    base = dict(budget=14, workers=1, executor="local", suite=("q10", "q40"), heldout=("q20",),
+                seed_programs=seed_files(tmp_path), population=6, tournament=3, heldout_every=4, finalists=2)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def _trace(run):
+    return [(c["program"], c["parents"], c["tier_reached"], c["fitness"]) for c in run.candidates()]
+
+
+def test_references_are_computed_once_and_stored(tmp_path):
+    run = Search(_config(tmp_path), store=tmp_path / "a.db", evaluator=suite_eval).run()
+    refs = run.store.get_meta("references")
+    assert set(refs) == {"0", "1", "heldout"}
+    assert set(refs["0"]) == {"q10", "q40"} and set(refs["heldout"]) == {"q20"}
+    seed = [c for c in run.candidates() if c["origin"] == "seed"]
+    assert all(c["fitness"] > 0 for c in seed)
+    # every recorded suite evaluation is the aggregate against exactly these references
+    for e in run.store.evaluations():
+        by = e["result"]["fitness_by_task"]
+        if all(v is not None for v in by.values()):
+            refs_t = refs[str(e["tier"])]
+            assert e["fitness"] == pytest.approx(aggregate(ratios(by, refs_t)), rel=1e-12)
+
+
+def test_heldout_tasks_never_enter_selection(tmp_path):
+    """The same search with its held-out task made impossible selects exactly the same programs."""
+    a = Search(_config(tmp_path), store=tmp_path / "a.db", evaluator=suite_eval).run()
+    b = Search(_config(tmp_path, heldout=("impossible",)), store=tmp_path / "b.db", evaluator=suite_eval).run()
+    c = Search(_config(tmp_path, heldout_every=0), store=tmp_path / "c.db", evaluator=suite_eval).run()
+    assert a.heldout(), "finalists were evaluated on the held-out suite"
+    assert not b.heldout() and b.state["heldout_error"]
+    assert _trace(a) == _trace(b) == _trace(c)
+    assert a.state["heldout_checks"][:3] == [4, 8, 12]
+
+
+def test_heldout_tasks_may_not_be_selection_tasks(tmp_path):
+    with pytest.raises(ValueError, match="held-out"):
+        _config(tmp_path, heldout=("q40",))
+
+
+def _inverted(program, tier, device=None):
+    out = suite_eval(program, tier, device)
+    if math.isfinite(out.fitness):
+        out.fitness = 1.0 / out.fitness
+    return out
+
+
+def test_random_strategy_never_uses_fitness_to_pick_parents(tmp_path):
+    """With one tier, a fitness turned upside down changes nothing the random strategy does, and
+    changes what evolution does."""
+    kw = dict(suite=None, task="toy", heldout=(), heldout_every=0, budget=24)
+    tiers = (Tier("toy", steps=40),)
+    for strategy, same in (("random", True), ("evolution", False)):
+        runs = [Search(_config(tmp_path, strategy=strategy, tiers=tiers, **kw), store=tmp_path / f"{strategy}{i}.db",
+                       evaluator=ev).run() for i, ev in enumerate((suite_eval, _inverted))]
+        a, b = ([(c["program"], c["parents"]) for c in r.candidates()] for r in runs)
+        assert (a == b) is same, strategy
