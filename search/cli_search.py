@@ -6,7 +6,7 @@ import math
 import sys
 from pathlib import Path
 
-from .config import EXECUTORS, SearchConfig
+from .config import EXECUTORS, STRATEGIES, SearchConfig
 
 
 def register(sub) -> None:
@@ -23,7 +23,14 @@ def register(sub) -> None:
     p.add_argument("--address", metavar="ADDR", help="join a running Ray cluster (auto or host:port)")
     p.add_argument("--store", metavar="PATH", help="the run's SQLite file (default optdisco-runs/<time>-<task>-seed<S>.db)")
     p.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
-    p.add_argument("--task", metavar="NAME", help="proxy task of the default funnel (default mlp)")
+    p.add_argument("--task", metavar="NAME", help="one proxy task for the default funnel instead of the suite")
+    p.add_argument("--suite", metavar="NAME,…", help="the tasks of the default funnel (default: optdisco.proxies.SUITE)")
+    p.add_argument("--heldout", metavar="NAME,…", help="held-out tasks, never selected on (default: optdisco.proxies.HELDOUT)")
+    p.add_argument("--heldout-every", type=int, metavar="N",
+                   help="evaluate the finalists on the held-out suite every N evaluations (default 0: never)")
+    p.add_argument("--strategy", choices=STRATEGIES, help="evolution (default) or random (the random-search baseline)")
+    p.add_argument("--validate-top", type=int, metavar="K",
+                   help="at the end, simplify the K best programs and validate them on the held-out suite (default 0)")
     p.add_argument("--seed-programs", metavar="NAME,…", help="library programs (or .opt files) to start from; 'all' for every one")
     p.add_argument("--resume", metavar="PATH", help="continue the run in this store where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -33,7 +40,9 @@ def register(sub) -> None:
 
 def _config(args) -> SearchConfig:
     flags = dict(budget=args.budget, workers=args.workers, executor=args.executor, address=args.address,
-                 seed=args.seed, task=args.task, seed_programs=args.seed_programs)
+                 seed=args.seed, task=args.task, seed_programs=args.seed_programs, suite=args.suite,
+                 heldout=args.heldout, heldout_every=args.heldout_every, strategy=args.strategy,
+                 validate_top=args.validate_top)
     flags = {k: v for k, v in flags.items() if v is not None}
     if args.config:
         return SearchConfig.from_toml(args.config, **flags)
@@ -67,12 +76,15 @@ def cmd_search(args) -> int:
 
     try:
         if args.resume:
-            if args.config or args.seed is not None or args.task or args.seed_programs or args.store:
-                print("optdisco search: with --resume only --budget, --workers, --executor and --address may change",
+            if (args.config or args.seed is not None or args.task or args.seed_programs or args.store or args.suite
+                    or args.heldout or args.strategy):
+                print("optdisco search: with --resume only --budget, --workers, --executor, --address, --heldout-every "
+                      "and --validate-top may change",
                       file=sys.stderr)
                 return 2
             search = Search.resume(args.resume, budget=args.budget, workers=args.workers,
-                                   executor=args.executor, address=args.address)
+                                   executor=args.executor, address=args.address, heldout_every=args.heldout_every,
+                                   validate_top=args.validate_top)
         else:
             search = Search(_config(args), store=args.store)
     except (SearchError, ValueError, FileNotFoundError) as e:
@@ -112,6 +124,20 @@ def cmd_search(args) -> int:
         tier = cfg.tiers[b["tier_reached"]].label()
         print(f"\nbest program (candidate {b['id']}, fitness {b['fitness']:.5g} on {tier}):\n")
         print(b["text"])
+    if cfg.validate_top:
+        from .finalize import finalize
+
+        print(f"\nsimplifying the best {cfg.validate_top} and validating on the held-out suite "
+              f"({', '.join(cfg.heldout)}, {cfg.validate_seeds} seeds) against {', '.join(cfg.validate_baselines)}:",
+              file=sys.stderr)
+        try:
+            out = finalize(run, top=cfg.validate_top, seeds=cfg.validate_seeds, baselines=cfg.validate_baselines,
+                           log=lambda s: print(s, file=sys.stderr))
+        except ValueError as e:
+            print(f"optdisco search: {e}", file=sys.stderr)
+        else:
+            print("\nheld-out validation (median loss / tuned AdamW's, seed spread / AdamW's, verdict):\n")
+            print(out["table"])
     if not args.no_report:
         from .report import write_report
 

@@ -4,8 +4,12 @@
 - ``best_vs_time.png``: the same against wall time since the run started;
 - ``curves.png``: loss curves (as the evaluator recorded them) of the best programs and of the
   baselines (the run's seed programs, plus any ``baselines`` evaluated for the report);
+- ``meta_validation.png`` (when finalists were evaluated on the held-out suite during the run):
+  the best search fitness so far and that program's held-out suite fitness against evaluations —
+  the Lion paper's meta-overfitting curve;
 - ``report.md``: the run's settings and statistics, the top programs as text and LaTeX with
-  their lineage, and the baselines' fitness.
+  their lineage, the baselines' fitness, and (in their own sections) the held-out evaluations
+  during the run and the end-of-run validation on the held-out suite.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def evaluate_baselines(run: Run, names: list[str], evaluator: Callable | None = 
 
     evaluator = evaluator or ProxyEvaluator()
     last = len(run.config.tiers) - 1
-    tier = run.config.tiers[last]
+    tier = run.tier(last)
     have = {c["detail"] for c in run.store.candidates("origin = 'baseline'")}
     for name in names:
         if name in have:
@@ -111,7 +115,7 @@ def evaluate_baselines(run: Run, names: list[str], evaluator: Callable | None = 
             cid = RunStore.add_candidate(c, program=text, fingerprint=fingerprint(program), origin="baseline",
                                          detail=name, proposal=None, status="done", tier_reached=last,
                                          fitness=out.fitness, mutation="baseline")
-            RunStore.add_evaluation(c, candidate=cid, tier=last, task=tier.task, fitness=out.fitness,
+            RunStore.add_evaluation(c, candidate=cid, tier=last, task=tier.name, fitness=out.fitness,
                                     result=out.result, wall=out.wall, worker=out.worker, error=out.error)
 
         run.store.transaction(tx)
@@ -128,6 +132,30 @@ def _baselines(run: Run) -> list[dict]:
         name = c["detail"] or (names[c["proposal"]] if c["proposal"] is not None and c["proposal"] < len(names) else str(c["id"]))
         seeds[name] = c
     return [dict(c, name=n) for n, c in seeds.items()]
+
+
+def meta_curve(run: Run) -> list[tuple[int, int, float, float | None]]:
+    """At each held-out check: (evaluations, the best candidate on the last tier then, its search
+    fitness, its held-out suite fitness or ``None`` if it was not measured)."""
+    checks = run.state.get("heldout_checks", [])
+    if not checks:
+        return []
+    held = run.heldout()
+    last = len(run.config.tiers) - 1
+    evals = [e for e in run.store.evaluations() if e["tier"] == last]
+    cands = {c["id"]: c for c in run.store.candidates("origin IN ('seed', 'child')")}
+    done_at = {}
+    for i, e in enumerate(run.store.evaluations(), 1):
+        done_at.setdefault(e["candidate"], i)
+    out = []
+    for at in checks:
+        pool = [e for e in evals if e["candidate"] in cands and done_at[e["candidate"]] <= at and math.isfinite(e["fitness"])]
+        if not pool:
+            continue
+        best = min(pool, key=lambda e: (e["fitness"], e["candidate"]))
+        h = held.get(best["candidate"])
+        out.append((at, best["candidate"], best["fitness"], None if h is None else h["fitness"]))
+    return out
 
 
 def _fmt(x: float) -> str:
@@ -189,8 +217,56 @@ def write_report(run: Run, out: str | Path | None = None, top: int = 5) -> Path:
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
 
-    (out / "report.md").write_text(_markdown(run, stats, best, base))
+    meta = meta_curve(run)
+    if meta:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([m[0] for m in meta], [m[2] for m in meta], "o-", label=f"search fitness ({cfg.tiers[last].label()})")
+        pts = [(m[0], m[3]) for m in meta if m[3] is not None and math.isfinite(m[3])]
+        if pts:
+            ax.plot(*zip(*pts), "s--", label=f"held-out suite ({', '.join(cfg.heldout)})")
+        ax.axhline(1.0, color="gray", lw=0.8, ls=":")
+        ax.set_xlabel("evaluations")
+        ax.set_ylabel("fitness / tuned AdamW (lower is better)")
+        ax.set_title("best program so far: search vs held-out fitness")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "meta_validation.png", dpi=110)
+        plt.close(fig)
+    (out / "report.md").write_text(_markdown(run, stats, best, base) + _heldout_markdown(run, meta))
     return out
+
+
+def _heldout_markdown(run: Run, meta) -> str:
+    """The sections about work beyond the search's selection: held-out checks and validation."""
+    cfg = run.config
+    L = []
+    held = run.heldout()
+    if held:
+        L += ["", "## Held-out suite during the run", "",
+              f"Finalists evaluated on {', '.join(cfg.heldout)} (never read by selection); fitness is the suite "
+              "aggregate of the ratios to tuned AdamW (1 = a tie).", ""]
+        if meta:
+            L += ["![search vs held-out fitness](meta_validation.png)", "",
+                  "| evaluations | best candidate | search fitness | held-out fitness |", "| --- | --- | --- | --- |"]
+            for at, cid, f, h in meta:
+                L.append(f"| {at} | {cid} | {_fmt(f)} | {_fmt(h) if h is not None else '—'} |")
+            L.append("")
+        L += ["| candidate | after evaluations | held-out fitness | " + " | ".join(f"{t} ratio" for t in cfg.heldout) + " |",
+              "| --- | --- | --- |" + " --- |" * len(cfg.heldout)]
+        for cid, h in sorted(held.items(), key=lambda kv: kv[1]["fitness"]):
+            rs = (h["result"] or {}).get("ratios", {})
+            L.append(f"| {cid} | {h['at_evaluation']} | {_fmt(h['fitness'])} | "
+                     + " | ".join(_fmt(rs.get(t)) if rs.get(t) is not None else "—" for t in cfg.heldout) + " |")
+    val = run.validation()
+    if val:
+        L += ["", "## Validation on the held-out suite", "",
+              f"After the search: the best programs simplified, then each program and baseline tuned on seed 0 and rerun "
+              f"on {val['seeds']} seeds per held-out task. Cells: median held-out loss / tuned AdamW's (seed spread / "
+              "AdamW's median) and the verdict against AdamW (a difference within the wider seed spread is a tie).", "",
+              val["table"], ""]
+        for p in val["programs"]:
+            L += [f"{p['name']}:", "", "```", p["text"].rstrip(), "```", ""]
+    return "\n".join(L) + ("\n" if L else "")
 
 
 def _markdown(run: Run, stats: dict, best: list[dict], base: list[dict]) -> str:
