@@ -83,9 +83,14 @@ def _valid_form(p: Program, needs_lr: bool = True) -> Program | None:
         return None
 
 
+CONSTANT_LIKE = frozenset({"sign", "floor", "where", "max", "min", "clip"})
+"""Calls whose value is often one constant in practice; removals also try 1 and 0 for them."""
+
+
 def removals(p: Program) -> Iterator[tuple[str, Program]]:
     """Every program one removal away from ``p``: a statement deleted (with each possible
-    bypass of its reads), or a call replaced by one of its arguments."""
+    bypass of its reads), a call replaced by one of its arguments, or a sign-like call replaced
+    by the constant 1 or 0 (so that a disguised identity such as ``sign(sqrt(v))`` goes)."""
     info = check(p)
     from optdisco.dsl.printer import expr_text
 
@@ -120,6 +125,12 @@ def removals(p: Program) -> Iterator[tuple[str, Program]]:
                         new = _replace_node(e, k, a)
                         yield (f"replace '{expr_text(node)}' by '{expr_text(a)}'",
                                Program(p.hypers, p.states, _replace_stmt(p.body, path, _with_expr(s, new)), p.doc))
+            if isinstance(node, Call) and node.fn in CONSTANT_LIKE:
+                # a disguised constant: sign(sqrt(x)) is 1 wherever x > 0
+                for c in (1.0, 0.0):
+                    new = _replace_node(e, k, Num(c))
+                    yield (f"replace '{expr_text(node)}' by {c:g}",
+                           Program(p.hypers, p.states, _replace_stmt(p.body, path, _with_expr(s, new)), p.doc))
 
 
 def round_value(v: float, digits: int) -> float:

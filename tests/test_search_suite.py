@@ -114,3 +114,14 @@ def test_random_strategy_never_uses_fitness_to_pick_parents(tmp_path):
                        evaluator=ev).run() for i, ev in enumerate((suite_eval, _inverted))]
         a, b = ([(c["program"], c["parents"]) for c in r.candidates()] for r in runs)
         assert (a == b) is same, strategy
+
+
+def test_simplification_removes_a_disguised_identity():
+    """The issue's finding: ``m / (sign(sqrt(v * u)) + eps)`` is SGD with momentum dressed as Adam."""
+    from optdisco.dsl import parse
+    from optdisco.search.simplify import simplify_program
+
+    p = parse("hyper lr = 0.01, eps = 1e-8\nstate m = zeros, v = zeros\nm = ema(m, g, 0.9)\n"
+              "v = ema(v, g * g, 0.99)\nw = w - lr * m / (sign(sqrt(v * 2)) + eps)\n")
+    out = simplify_program(p).program
+    assert "sign" not in out.to_text() and out.state_names == ("m",)
