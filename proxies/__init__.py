@@ -16,7 +16,7 @@ from .base import ROLES, SIZES, PoolTask, Task, epoch_indices, generator, mix, s
 from .registry import get, names, register
 
 from . import quadratic, mlp, memory, digits, lm  # noqa: E402,F401  (register the built-in tasks)
-from . import rnn, attention, deepnet  # noqa: E402,F401  (the selection suite's tasks)
+from . import rnn, attention, deepnet, denoise  # noqa: E402,F401  (the selection suite's tasks)
 
 DEFAULT = "mlp"
 """The project's default proxy task."""
