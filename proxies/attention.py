@@ -74,7 +74,8 @@ class AssociativeRecall(PoolTask):
     N(0, 1/width).
 
     Sizes (16 members, 1 torch thread, shared 2-core CPU): proxy 16 keys, 8 values, 8 pairs,
-    width 16, 2 heads (1,552 parameters), batch 32, 200 steps; target 64 keys, 32 values,
+    width 16, 2 heads (1,552 parameters), batch 32, 200 steps — ``evaluate("adamw")`` about
+    0.75 s; target 64 keys, 32 values,
     32 pairs, width 128, 4 heads (82,048 parameters), batch 128, 3,000 steps.
     """
 

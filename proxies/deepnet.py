@@ -29,8 +29,8 @@ class DeepNarrow(TeacherStudent):
     ``head.weight`` head, biases vector.
 
     Sizes (16 members, 1 torch thread, shared 2-core CPU): proxy 16 inputs, 10 layers of 24
-    (5,908 parameters), 4 classes, batch 64, 200 steps; target 32 inputs, 16 layers of 64
-    (64,772 parameters), batch 128, 3,000 steps.
+    (5,908 parameters), 4 classes, batch 64, 200 steps — ``evaluate("adamw")`` about 0.55 s;
+    target 32 inputs, 16 layers of 64 (64,772 parameters), batch 128, 3,000 steps.
     """
 
     name = "deepnet"

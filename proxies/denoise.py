@@ -40,8 +40,8 @@ class Denoise(PoolTask):
     hidden, ``head.weight`` head, biases vector.
 
     Sizes (16 members, 1 torch thread, shared 2-core CPU): proxy dim 32, rank 8, 2 layers of 64
-    (8,352 parameters), batch 64, 200 steps; target dim 128, rank 32, 2 layers of 256
-    (131,712 parameters), batch 128, 3,000 steps.
+    (8,352 parameters), batch 64, 200 steps — ``evaluate("adamw")`` about 0.45 s; target dim 128,
+    rank 32, 2 layers of 256 (131,712 parameters), batch 128, 3,000 steps.
     """
 
     name = "denoise"
