@@ -2,7 +2,7 @@
 
     >>> from optdisco import proxies
     >>> proxies.names()
-    ['digits', 'lm', 'memory', 'mlp', 'quadratic']
+    ['attention', 'deepnet', 'denoise', 'digits', 'lm', 'memory', 'mlp', 'quadratic', 'rnn']
     >>> task = proxies.get("mlp", size="proxy")
     >>> params = task.init_params([0, 0, 1, 1])              # 4 members: 2 seeds × (say) 2 LRs
     >>> loss, grads = task.loss_and_grads(params, step=0, seeds=[0, 0, 1, 1])
@@ -17,6 +17,7 @@ from .registry import get, names, register
 from .suites import HELDOUT, SUITE
 
 from . import quadratic, mlp, memory, digits, lm  # noqa: E402,F401  (register the built-in tasks)
+from . import rnn, attention, deepnet, denoise  # noqa: E402,F401  (the selection suite's tasks)
 
 DEFAULT = "mlp"
 """The project's default proxy task."""

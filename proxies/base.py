@@ -369,7 +369,7 @@ class PoolTask(Task):
         x = self.on("x_train", self.x_train, device, dtype)
         y = self.on("y_train", self.y_train, device, dtype)
         flat = idx.reshape(-1).to(x.device)
-        return x.index_select(0, flat).view(*idx.shape, *x.shape[1:]), y.index_select(0, flat).view(idx.shape)
+        return x.index_select(0, flat).view(*idx.shape, *x.shape[1:]), y.index_select(0, flat).view(*idx.shape, *y.shape[1:])
 
     def heldout_batch(self) -> tuple[Tensor, Tensor]:
         return self.x_heldout, self.y_heldout
