@@ -350,7 +350,8 @@ class PoolTask(Task):
     """A task whose data are fixed tensors that ``setup()`` stores as ``x_train``, ``y_train``,
     ``x_heldout`` and ``y_heldout``. Each member visits the training pool in its own random
     order, epoch after epoch (``epoch_indices`` keyed by the task's name and the member's seed),
-    ``batch`` examples per step."""
+    ``batch`` examples per step. Targets are class labels ``[N]`` or any ``[N, ...]`` (e.g. float
+    regression targets ``[N, outputs]``); float targets take the members' dtype, as inputs do."""
 
     x_train: Tensor
     y_train: Tensor
@@ -369,7 +370,7 @@ class PoolTask(Task):
         x = self.on("x_train", self.x_train, device, dtype)
         y = self.on("y_train", self.y_train, device, dtype)
         flat = idx.reshape(-1).to(x.device)
-        return x.index_select(0, flat).view(*idx.shape, *x.shape[1:]), y.index_select(0, flat).view(idx.shape)
+        return x.index_select(0, flat).view(*idx.shape, *x.shape[1:]), y.index_select(0, flat).view(*idx.shape, *y.shape[1:])
 
     def heldout_batch(self) -> tuple[Tensor, Tensor]:
         return self.x_heldout, self.y_heldout

@@ -1,0 +1,75 @@
+"""The held-out proxy tasks and the Task API they need: float targets of any shape in a PoolTask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from optdisco import proxies
+from optdisco.evaluate import evaluate
+from optdisco.proxies import PoolTask, Task, generator
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Single-threaded torch for this module (as in test_proxies), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:
+    """Float32 agreement: relative, with an absolute floor scaled to the tensor's magnitude."""
+    atol = 1e-6 * float(expected.abs().max()) + 1e-8
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def assert_members_equal_modules(task: Task, seeds: list[int], step: int) -> None:
+    """The batched loss and gradients of each member equal those of its ordinary module."""
+    params = task.init_params(seeds)
+    loss, grads = task.loss_and_grads(params, step, seeds)
+    assert loss.shape == (len(seeds),)
+    for i, seed in enumerate(seeds):
+        module = task.make_module(seed)
+        ref = task.module_loss(module, step, seed)
+        ref.backward()
+        assert_close_scaled(loss[i], ref.detach())
+        for n, p in module.named_parameters():
+            assert_close_scaled(grads[n][i], p.grad)
+
+
+# --------------------------------------------------------------------------- the Task API
+
+
+class PlaneRegression(PoolTask):
+    """A user's pool task with float targets [N, 2]: the generic (vmap) batching, MSE loss."""
+
+    name = "plane-regression"
+    sizes = {"proxy": {"steps": 30, "batch": 16}, "target": {"steps": 30, "batch": 16}}
+
+    def setup(self):
+        g = generator(self.name, "data")
+        x = torch.randn(96, 3, generator=g)
+        y = torch.stack([x[:, 0] * x[:, 1], torch.sin(x[:, 2])], 1)  # [N, 2]
+        self.x_train, self.y_train, self.x_heldout, self.y_heldout = x[:64], y[:64], x[64:], y[64:]
+
+    def build_module(self):
+        return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+
+    def criterion(self, output, target):
+        return F.mse_loss(output, target)
+
+
+def test_pool_task_takes_two_dimensional_float_targets():
+    task = PlaneRegression()
+    x, y = task.train_batches(5, [0, 3], dtype=torch.float64)  # step 5 crosses the first epoch's end
+    assert x.shape == (2, 16, 3) and y.shape == (2, 16, 2) and y.dtype == torch.float64
+    for i, seed in enumerate([0, 3]):
+        idx = proxies.epoch_indices(64, 16, 5, task.name, seed)
+        assert torch.equal(y[i], task.y_train[idx].double())
+    assert_members_equal_modules(task, [0, 3, 3], step=2)
+    r = evaluate("adam", task, seeds=(0, 1))
+    assert r.ok and r.fitness < float(task.eval_loss(task.init_params([0, 1])).min())
