@@ -1,4 +1,5 @@
-"""The held-out proxy tasks and the Task API they need: float targets of any shape in a PoolTask."""
+"""The held-out proxy tasks and the Task API they need: float targets of any shape in a PoolTask
+and the loop over members where vmap has no batching rule."""
 
 from __future__ import annotations
 
@@ -73,3 +74,72 @@ def test_pool_task_takes_two_dimensional_float_targets():
     assert_members_equal_modules(task, [0, 3, 3], step=2)
     r = evaluate("adam", task, seeds=(0, 1))
     assert r.ok and r.fitness < float(task.eval_loss(task.init_params([0, 1])).min())
+
+
+class TinyGRU(nn.Module):
+    """``nn.GRU`` (which vmap cannot batch) reading sequences, a linear head on its last state."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(2, 5, batch_first=True)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        out, _ = self.gru(x)
+        return self.head(out[:, -1])
+
+
+class SequenceClass(Task):
+    """A user's task whose module is ``nn.GRU``: the base class must loop over its members."""
+
+    name = "sequence-class"
+    sizes = {"proxy": {"steps": 20, "batch": 8}, "target": {"steps": 20, "batch": 8}}
+
+    def build_module(self):
+        return TinyGRU()
+
+    def train_batch(self, step, seed):
+        x = torch.randn(self.batch, 4, 2, generator=generator(self.name, seed, step))
+        return x, (x.sum((1, 2)) > 0).long() + (x[:, 0, 0] > 1).long()
+
+    def heldout_batch(self):
+        x = torch.randn(32, 4, 2, generator=generator(self.name, "heldout"))
+        return x, (x.sum((1, 2)) > 0).long() + (x[:, 0, 0] > 1).long()
+
+
+def test_default_batched_loss_loops_over_members_where_vmap_has_no_batching_rule():
+    task = SequenceClass()
+    params = task.init_params([0, 1])
+    with pytest.raises(RuntimeError, match="Batching rule not implemented"):  # why the fallback exists
+        torch.func.vmap(lambda p, x: torch.func.functional_call(task._template, p, (x,)))(
+            params, task.train_batches(0, [0, 1])[0]
+        )
+    assert not task._loop_members
+    assert_members_equal_modules(task, [0, 1, 4], step=3)
+    assert task._loop_members  # remembered: later calls go straight to the loop
+    r = evaluate("adam", task, seeds=(0,), points=2, extend=False)
+    assert r.ok and all(m.final_loss < float("inf") for m in r.members)
+
+
+class Broken(Task):
+    """A module whose forward raises an ordinary RuntimeError: that is not a missing batching rule."""
+
+    name = "broken"
+    sizes = {"proxy": {"steps": 1}, "target": {"steps": 1}}
+
+    def build_module(self):
+        class Raise(nn.Linear):
+            def forward(self, x):
+                raise RuntimeError("a bug in the user's module")
+
+        return Raise(2, 2)
+
+    def train_batch(self, step, seed):
+        return torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)
+
+
+def test_other_errors_inside_vmap_are_raised_not_looped_over():
+    task = Broken()
+    with pytest.raises(RuntimeError, match="a bug in the user's module"):
+        task.loss_and_grads(task.init_params([0, 1]), 0, [0, 1])
+    assert not task._loop_members
