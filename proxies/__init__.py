@@ -9,10 +9,13 @@
 
 A task sees only parameters and gradients; the optimizer (a compiled program) lives elsewhere.
 Add a task by subclassing ``Task`` (or ``PoolTask``, for a fixed training pool and held-out set)
-and decorating it with ``@register``.
+and decorating it with ``@register``. ``batched_cross_entropy`` and ``batched_mse`` compute each
+member's loss ``[M]`` from stacked outputs ``[M, ...]``, for a task's hand-batched ``batched_loss``.
 """
 
-from .base import ROLES, SIZES, PoolTask, Task, epoch_indices, generator, mix, seed_list
+from .base import (
+    ROLES, SIZES, PoolTask, Task, batched_cross_entropy, batched_mse, epoch_indices, generator, mix, seed_list,
+)
 from .registry import get, names, register
 
 from . import quadratic, mlp, memory, digits, lm  # noqa: E402,F401  (register the built-in tasks)
@@ -21,6 +24,6 @@ DEFAULT = "mlp"
 """The project's default proxy task."""
 
 __all__ = [
-    "DEFAULT", "PoolTask", "ROLES", "SIZES", "Task", "epoch_indices", "generator", "get", "mix", "names",
-    "register", "seed_list",
+    "DEFAULT", "PoolTask", "ROLES", "SIZES", "Task", "batched_cross_entropy", "batched_mse", "epoch_indices",
+    "generator", "get", "mix", "names", "register", "seed_list",
 ]

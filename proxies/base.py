@@ -13,7 +13,8 @@ implemented for aten::gru.input"), the default ``batched_loss`` falls back to a 
 members, ``functional_call`` on each and ``torch.stack`` of their losses; the task instance
 remembers this after the first failure and loops from then on. The loop gives the same numbers,
 M times more slowly than one batched call. Built-in tasks override ``train_batches`` and
-``batched_loss`` with hand-batched code, which is faster on a CPU.
+``batched_loss`` with hand-batched code, which is faster on a CPU; ``batched_cross_entropy`` and
+``batched_mse`` are losses of stacked members for such code.
 """
 
 from __future__ import annotations
@@ -156,6 +157,12 @@ def batched_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     if c < 16:
         return _FewClassCrossEntropy.apply(logits.reshape(m, -1, c), y.reshape(m, -1))
     return F.cross_entropy(logits.reshape(-1, c), y.reshape(-1), reduction="none").view(m, -1).mean(1)
+
+
+def batched_mse(output: Tensor, target: Tensor) -> Tensor:
+    """Each member's mean squared error over all its elements: ``output`` and ``target``
+    ``[M, ...]`` of one shape → ``[M]`` (``F.mse_loss`` of each member, batched)."""
+    return (output - target).square().reshape(output.shape[0], -1).mean(1)
 
 
 def roles_by_name(shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:

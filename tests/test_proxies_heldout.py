@@ -1,5 +1,6 @@
-"""The held-out proxy tasks and the Task API they need: float targets of any shape in a PoolTask
-and the loop over members where vmap has no batching rule."""
+"""The held-out proxy tasks (tanhnet, autoencoder, gru) and the Task API they need: float
+targets of any shape in a PoolTask, the loop over members where vmap has no batching rule, and
+the exported batched losses."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from optdisco import proxies
 from optdisco.evaluate import evaluate
-from optdisco.proxies import PoolTask, Task, generator
+from optdisco.proxies import PoolTask, Task, batched_cross_entropy, batched_mse, generator
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -143,3 +144,22 @@ def test_other_errors_inside_vmap_are_raised_not_looped_over():
     with pytest.raises(RuntimeError, match="a bug in the user's module"):
         task.loss_and_grads(task.init_params([0, 1]), 0, [0, 1])
     assert not task._loop_members
+
+
+def test_batched_mse_is_each_members_f_mse_loss():
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(3, 5, 4, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(3, 5, 4, 2, generator=gen, dtype=torch.float64)
+    loss = batched_mse(out, target)
+    (grad,) = torch.autograd.grad((loss * torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)).sum(), out)
+    for i, w in enumerate([1.0, -2.0, 3.0]):
+        oi = out.detach()[i].clone().requires_grad_()
+        ref = F.mse_loss(oi, target[i])
+        (gref,) = torch.autograd.grad(w * ref, oi)
+        torch.testing.assert_close(loss[i], ref.detach(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(grad[i], gref, rtol=1e-12, atol=1e-15)
+
+
+def test_batched_losses_are_exported():
+    assert {"batched_cross_entropy", "batched_mse"} <= set(proxies.__all__)
+    assert batched_cross_entropy is proxies.base.batched_cross_entropy
