@@ -1,4 +1,4 @@
-"""The held-out proxy tasks (tanhnet, autoencoder, gru) and the Task API they need: float
+"""The held-out proxy tasks (tanhnet) and the Task API they need: float
 targets of any shape in a PoolTask, the loop over members where vmap has no batching rule, and
 the exported batched losses."""
 
@@ -163,3 +163,49 @@ def test_batched_mse_is_each_members_f_mse_loss():
 def test_batched_losses_are_exported():
     assert {"batched_cross_entropy", "batched_mse"} <= set(proxies.__all__)
     assert batched_cross_entropy is proxies.base.batched_cross_entropy
+
+
+# --------------------------------------------------------------------------- the held-out tasks
+
+HELDOUT = ["tanhnet"]
+
+
+def adam(task: Task, seeds: list[int], lr: float, steps: int) -> dict[str, torch.Tensor]:
+    """Plain Adam (β = 0.9, 0.999) on the batched gradients, constant learning rate."""
+    params = task.init_params(seeds)
+    m = {k: torch.zeros_like(v) for k, v in params.items()}
+    v = {k: torch.zeros_like(x) for k, x in params.items()}
+    for t in range(steps):
+        _, grads = task.loss_and_grads(params, t, seeds)
+        for k, g in grads.items():
+            m[k].mul_(0.9).add_(g, alpha=0.1)
+            v[k].mul_(0.999).addcmul_(g, g, value=0.001)
+            params[k] = params[k] - lr * (m[k] / (1 - 0.9 ** (t + 1))) / ((v[k] / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8)
+    return params
+
+
+def test_heldout_tasks_are_registered():
+    assert set(HELDOUT) <= set(proxies.names())
+    assert not {"rnn", "attention", "deepnet", "denoise"} & set(HELDOUT)  # the selection tasks' names
+
+
+@pytest.mark.parametrize(("name", "lr", "factor"), [("tanhnet", 1e-2, 0.2)])
+def test_adam_trains_each_heldout_task_well_below_its_initial_loss(name, lr, factor):
+    task = proxies.get(name)
+    seeds = [0, 1]
+    before = task.eval_loss(task.init_params(seeds))
+    after = task.eval_loss(adam(task, seeds, lr, task.steps))
+    assert (after < factor * before).all(), (before, after)
+
+
+def test_tanhnet_targets_are_standardised_and_a_constant_scores_about_one():
+    task = proxies.get("tanhnet")
+    y = task.y_train
+    assert y.shape == (task.train_size, task.outputs) and y.dtype == torch.float32
+    torch.testing.assert_close(y.mean(0), torch.zeros(task.outputs), rtol=0, atol=1e-5)
+    torch.testing.assert_close(y.std(0), torch.ones(task.outputs), rtol=0, atol=1e-5)
+    zero = F.mse_loss(torch.zeros_like(task.y_heldout), task.y_heldout)
+    assert 0.8 < float(zero) < 1.2
+    module = task.make_module(0)
+    layers = [getattr(module, f"fc{i + 1}") for i in range(task.depth)]
+    assert all(l.out_features == task.width for l in layers) and len(layers) == 8
