@@ -1,4 +1,4 @@
-"""The held-out proxy tasks (tanhnet) and the Task API they need: float
+"""The held-out proxy tasks (tanhnet, autoencoder) and the Task API they need: float
 targets of any shape in a PoolTask, the loop over members where vmap has no batching rule, and
 the exported batched losses."""
 
@@ -167,7 +167,7 @@ def test_batched_losses_are_exported():
 
 # --------------------------------------------------------------------------- the held-out tasks
 
-HELDOUT = ["tanhnet"]
+HELDOUT = ["tanhnet", "autoencoder"]
 
 
 def adam(task: Task, seeds: list[int], lr: float, steps: int) -> dict[str, torch.Tensor]:
@@ -189,7 +189,7 @@ def test_heldout_tasks_are_registered():
     assert not {"rnn", "attention", "deepnet", "denoise"} & set(HELDOUT)  # the selection tasks' names
 
 
-@pytest.mark.parametrize(("name", "lr", "factor"), [("tanhnet", 1e-2, 0.2)])
+@pytest.mark.parametrize(("name", "lr", "factor"), [("tanhnet", 1e-2, 0.2), ("autoencoder", 1e-2, 0.25)])
 def test_adam_trains_each_heldout_task_well_below_its_initial_loss(name, lr, factor):
     task = proxies.get(name)
     seeds = [0, 1]
@@ -209,3 +209,22 @@ def test_tanhnet_targets_are_standardised_and_a_constant_scores_about_one():
     module = task.make_module(0)
     layers = [getattr(module, f"fc{i + 1}") for i in range(task.depth)]
     assert all(l.out_features == task.width for l in layers) and len(layers) == 8
+
+
+def test_autoencoder_reconstructs_scikit_learns_digits():
+    """The images are scikit-learn's own ``load_digits`` (the independent reader), standardised
+    with the training images' mean and std; the targets are the inputs; held-out and training
+    images are disjoint and together all 1,797."""
+    from sklearn.datasets import load_digits as sk_load
+
+    task = proxies.get("autoencoder")
+    assert torch.equal(task.y_train, task.x_train) and torch.equal(task.y_heldout, task.x_heldout)
+    assert len(task.x_heldout) == 359 and len(task.x_train) == 1438
+    torch.testing.assert_close(task.x_train.mean(), torch.tensor(0.0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(task.x_train.std(), torch.tensor(1.0), rtol=0, atol=1e-5)
+    raw = torch.as_tensor(sk_load().data, dtype=torch.float64)  # pixels 0..16, both ends present
+    restored = torch.cat([task.x_train, task.x_heldout]).double()
+    std = 16 / (restored.max() - restored.min())  # undo the affine standardisation from the data
+    pixels = restored * std - restored.min() * std
+    assert (pixels - pixels.round()).abs().max() < 1e-4
+    assert sorted(map(tuple, pixels.round().tolist())) == sorted(map(tuple, raw.tolist()))
