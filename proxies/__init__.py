@@ -2,7 +2,7 @@
 
     >>> from optdisco import proxies
     >>> proxies.names()
-    ['autoencoder', 'digits', 'lm', 'memory', 'mlp', 'quadratic', 'tanhnet']
+    ['autoencoder', 'digits', 'gru', 'lm', 'memory', 'mlp', 'quadratic', 'tanhnet']
     >>> task = proxies.get("mlp", size="proxy")
     >>> params = task.init_params([0, 0, 1, 1])              # 4 members: 2 seeds × (say) 2 LRs
     >>> loss, grads = task.loss_and_grads(params, step=0, seeds=[0, 0, 1, 1])
@@ -18,7 +18,7 @@ from .base import (
 )
 from .registry import get, names, register
 
-from . import quadratic, mlp, memory, digits, lm, tanhnet, autoencoder  # noqa: E402,F401  (register the built-in tasks)
+from . import quadratic, mlp, memory, digits, lm, tanhnet, autoencoder, gru  # noqa: E402,F401  (register the built-in tasks)
 
 DEFAULT = "mlp"
 """The project's default proxy task."""

@@ -13,7 +13,7 @@ from optdisco import proxies
 from optdisco.proxies import ROLES, Task, epoch_indices, generator, mix, register
 from optdisco.proxies import registry as registry_module
 
-BUILTIN = ["quadratic", "mlp", "memory", "digits", "lm", "tanhnet", "autoencoder"]
+BUILTIN = ["quadratic", "mlp", "memory", "digits", "lm", "tanhnet", "autoencoder", "gru"]
 
 
 @pytest.fixture(scope="module", autouse=True)

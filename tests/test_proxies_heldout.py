@@ -1,4 +1,4 @@
-"""The held-out proxy tasks (tanhnet, autoencoder) and the Task API they need: float
+"""The held-out proxy tasks (tanhnet, autoencoder, gru) and the Task API they need: float
 targets of any shape in a PoolTask, the loop over members where vmap has no batching rule, and
 the exported batched losses."""
 
@@ -167,7 +167,7 @@ def test_batched_losses_are_exported():
 
 # --------------------------------------------------------------------------- the held-out tasks
 
-HELDOUT = ["tanhnet", "autoencoder"]
+HELDOUT = ["tanhnet", "autoencoder", "gru"]
 
 
 def adam(task: Task, seeds: list[int], lr: float, steps: int) -> dict[str, torch.Tensor]:
@@ -189,13 +189,59 @@ def test_heldout_tasks_are_registered():
     assert not {"rnn", "attention", "deepnet", "denoise"} & set(HELDOUT)  # the selection tasks' names
 
 
-@pytest.mark.parametrize(("name", "lr", "factor"), [("tanhnet", 1e-2, 0.2), ("autoencoder", 1e-2, 0.25)])
+@pytest.mark.parametrize(("name", "lr", "factor"), [("tanhnet", 1e-2, 0.2), ("autoencoder", 1e-2, 0.25), ("gru", 1e-2, 0.3)])
 def test_adam_trains_each_heldout_task_well_below_its_initial_loss(name, lr, factor):
     task = proxies.get(name)
     seeds = [0, 1]
     before = task.eval_loss(task.init_params(seeds))
     after = task.eval_loss(adam(task, seeds, lr, task.steps))
     assert (after < factor * before).all(), (before, after)
+
+
+def test_batched_gru_equals_torch_gru_per_member():
+    """``batched_gru`` against ``torch.nn.GRU`` (the independent reference) with each member's
+    weights, random biases included: hidden states and every gradient."""
+    from optdisco.proxies.gru import batched_gru
+
+    gen = torch.Generator().manual_seed(0)
+    m, b, t, inputs, hidden = 3, 4, 6, 5, 7
+
+    def rand(*shape):
+        return (0.7 * torch.randn(*shape, generator=gen, dtype=torch.float64)).requires_grad_()
+
+    w_ih, w_hh, b_ih, b_hh = rand(m, 3 * hidden, inputs), rand(m, 3 * hidden, hidden), rand(m, 3 * hidden), rand(m, 3 * hidden)
+    x = rand(t, m, b, inputs)
+    probe = torch.randn(t, m, b, hidden, generator=gen, dtype=torch.float64)
+    h = batched_gru(x, w_ih, w_hh, b_ih, b_hh)
+    assert h.shape == (t, m, b, hidden)
+    grads = torch.autograd.grad((h * probe).sum(), [x, w_ih, w_hh, b_ih, b_hh])
+    for i in range(m):
+        gru = nn.GRU(inputs, hidden).double()  # time first, h_0 = 0
+        with torch.no_grad():
+            for name, value in [("weight_ih_l0", w_ih), ("weight_hh_l0", w_hh), ("bias_ih_l0", b_ih), ("bias_hh_l0", b_hh)]:
+                getattr(gru, name).copy_(value[i])
+        xi = x.detach()[:, i].clone().requires_grad_()
+        out, last = gru(xi)
+        torch.testing.assert_close(h[:, i], out, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(h[-1, i], last[0], rtol=1e-12, atol=1e-12)
+        ref = torch.autograd.grad((out * probe[:, i]).sum(), [xi, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0])
+        for got, want in zip([grads[0][:, i]] + [g[i] for g in grads[1:]], ref):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_gru_targets_are_the_tokens_delay_steps_back():
+    task = proxies.get("gru", delay=2, length=6)
+    x, y = task.train_batches(3, [0, 1])
+    assert x.shape == (2, task.batch, 6) and y.shape == (2, task.batch, 4)
+    for t in range(2, 6):  # position t is scored against the input at t − 2
+        assert torch.equal(y[..., t - 2], x[..., t - 2])
+    # a model that outputs the token 2 steps back with certainty scores about 0; one step off, not
+    sure = 30.0 * F.one_hot(torch.cat([x[0, :, :2], x[0, :, :-2]], 1), task.vocab).double()
+    assert float(task.criterion(sure, y[0])) < 1e-9
+    off = 30.0 * F.one_hot(torch.cat([x[0, :, :1], x[0, :, :-1]], 1), task.vocab).double()
+    assert float(task.criterion(off, y[0])) > 1.0
+    with pytest.raises(ValueError, match="delay"):
+        proxies.get("gru", delay=8, length=8)
 
 
 def test_tanhnet_targets_are_standardised_and_a_constant_scores_about_one():
