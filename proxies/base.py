@@ -7,8 +7,14 @@ runs, and a learning-rate grid × seeds is one call.
 
 To add a task, subclass :class:`Task` and define ``build_module``, ``train_batch`` and
 ``heldout_batch`` (and ``criterion`` if the loss is not cross-entropy); the base class derives
-the batched members with ``torch.func.vmap`` over ``functional_call``. Built-in tasks override
-``train_batches`` and ``batched_loss`` with hand-batched code, which is faster on a CPU.
+the batched members with ``torch.func.vmap`` over ``functional_call``. Where vmap has no
+batching rule for an operation the module uses (``nn.GRU`` and ``nn.LSTM``: "Batching rule not
+implemented for aten::gru.input"), the default ``batched_loss`` falls back to a loop over the
+members, ``functional_call`` on each and ``torch.stack`` of their losses; the task instance
+remembers this after the first failure and loops from then on. The loop gives the same numbers,
+M times more slowly than one batched call. Built-in tasks override ``train_batches`` and
+``batched_loss`` with hand-batched code, which is faster on a CPU; ``batched_cross_entropy`` and
+``batched_mse`` are losses of stacked members for such code.
 """
 
 from __future__ import annotations
@@ -153,6 +159,12 @@ def batched_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, c), y.reshape(-1), reduction="none").view(m, -1).mean(1)
 
 
+def batched_mse(output: Tensor, target: Tensor) -> Tensor:
+    """Each member's mean squared error over all its elements: ``output`` and ``target``
+    ``[M, ...]`` of one shape → ``[M]`` (``F.mse_loss`` of each member, batched)."""
+    return (output - target).square().reshape(output.shape[0], -1).mean(1)
+
+
 def roles_by_name(shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
     """Roles of a plain stack of layers: 1-D parameters "vector", those named ``head…`` "head",
     the other matrices and kernels "hidden"."""
@@ -172,6 +184,7 @@ class Task:
         "target": {"steps": 1000},
     }
     eval_chunk: ClassVar[int | None] = None  # held-out examples per forward pass in eval_loss
+    _loop_members: bool = False  # set on an instance once vmap has no batching rule for its module
 
     size: str
     steps: int
@@ -273,12 +286,20 @@ class Task:
         return cast(x, device, dtype), cast(y, device, dtype)
 
     def batched_loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        """Loss of each member ``[M]`` on its own batch ``x[i], y[i]`` (default: vmap of the module)."""
+        """Loss of each member ``[M]`` on its own batch ``x[i], y[i]`` (default: vmap of the module,
+        or a loop over members where vmap has no batching rule; see the module docstring)."""
 
         def one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
             return self.criterion(functional_call(self._template, p, (xi,)), yi)
 
-        return vmap(one)(params, x, y)
+        if not self._loop_members:
+            try:
+                return vmap(one)(params, x, y)
+            except RuntimeError as error:
+                if "Batching rule not implemented" not in str(error):
+                    raise
+                self._loop_members = True
+        return torch.stack([one({n: p[i] for n, p in params.items()}, x[i], y[i]) for i in range(x.shape[0])])
 
     def loss_and_grads(
         self, params: dict[str, Tensor], step: int, seeds: Seeds
@@ -350,7 +371,8 @@ class PoolTask(Task):
     """A task whose data are fixed tensors that ``setup()`` stores as ``x_train``, ``y_train``,
     ``x_heldout`` and ``y_heldout``. Each member visits the training pool in its own random
     order, epoch after epoch (``epoch_indices`` keyed by the task's name and the member's seed),
-    ``batch`` examples per step."""
+    ``batch`` examples per step. Targets are class labels ``[N]`` or any ``[N, ...]`` (e.g. float
+    regression targets ``[N, outputs]``); float targets take the members' dtype, as inputs do."""
 
     x_train: Tensor
     y_train: Tensor

@@ -13,7 +13,7 @@ from optdisco import proxies
 from optdisco.proxies import ROLES, Task, epoch_indices, generator, mix, register
 from optdisco.proxies import registry as registry_module
 
-BUILTIN = ["quadratic", "mlp", "memory", "digits", "lm"]
+BUILTIN = ["quadratic", "mlp", "memory", "digits", "lm", "tanhnet", "autoencoder", "gru"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -371,7 +371,7 @@ def test_epoch_indices_visit_the_pool_without_replacement(n, batch, step, seed):
     assert sorted(stream[:n].tolist()) == list(range(n))
 
 
-@pytest.mark.parametrize("name", ["mlp", "digits"])
+@pytest.mark.parametrize("name", ["mlp", "digits", "tanhnet", "autoencoder"])
 def test_pool_batches_are_each_members_epoch_order_across_epoch_boundaries(tasks, name):
     task = tasks[name]
     n, seeds = task.x_train.shape[0], [0, 5, 2]
