@@ -120,3 +120,59 @@ def test_matrix_programs_train_bfloat16_parameters(name, path):
     for d16, d32 in zip(dist[torch.bfloat16], dist[torch.float32]):
         assert d32 < 0.9 and d16 < 0.9
         assert abs(d16 - d32) < 0.1
+
+
+# -- Adafactor and SWAN on gradients with zero rows and columns -------------------------------------
+def dead_unit_gradient(shape=(8, 6), seed=0, dtype=torch.float32):
+    """A gradient whose row 2 is zero (a dead ReLU unit) and whose column 3 is zero (an input
+    pixel that is blank in every example)."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(shape, generator=gen).to(dtype)
+    g[2] = 0
+    g[:, 3] = 0
+    return g
+
+
+def test_adafactor_float32_with_a_dead_row_and_a_blank_column_matches_torch():
+    """R·C of the zero row and column is 1e-30·1e-30, which underflows to 0 in float32:
+    rsqrt(0)·0 was NaN. torch.optim.Adafactor stays finite; so does the program, with torch's
+    numbers (its eps clamps and the program's eps1 = 1e-30 differ only on the zero entries, whose
+    update is 0 either way)."""
+    gen = torch.Generator().manual_seed(1)
+    w0 = torch.randn(8, 6, generator=gen)
+    ours, ref = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    opt = to_optimizer(library.load("adafactor"), [ours], foreach=False)
+    torch_opt = torch.optim.Adafactor([ref], lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0)
+    for step in range(5):
+        g = dead_unit_gradient(seed=step)
+        ours.grad, ref.grad = g.clone(), g.clone()
+        opt.step()
+        torch_opt.step()
+        torch.testing.assert_close(ours.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(ours.detach()[2, 3], w0[2, 3])  # no gradient ever reached it
+
+
+def test_swan_zero_gradient_and_single_column_matrices_do_not_move():
+    """SWAN's rescale ‖G̃‖/‖ΔW‖ was 0/0 where the row-centred gradient G̃ is zero: a zero
+    gradient, and every n×1 hidden matrix (each row's one entry is its own mean). The paper's
+    update is then zero (G̃ = 0); a 1×n matrix is whitened as the paper's equations say."""
+    gen = torch.Generator().manual_seed(0)
+    cases = [((6, 5), torch.zeros(6, 5)), ((6, 1), torch.randn(6, 1, generator=gen)),
+             ((6, 1, 1, 1), torch.randn(6, 1, 1, 1, generator=gen))]
+    for shape, g in cases:
+        w0 = torch.randn(shape, generator=gen)
+        p = torch.nn.Parameter(w0.clone())
+        opt = to_optimizer(library.load("swan"), [p], wd=0.1, lr=0.5)
+        p.grad = g
+        opt.step()
+        torch.testing.assert_close(p.detach(), w0 * (1 - 0.5 * 0.1), rtol=0, atol=0)
+    # 1×n: G̃ = (g − mean)/std, whitened: (G̃·G̃ᵀ + eps_w)^(−1/2)·G̃, rescaled to ‖G̃‖, i.e. G̃ itself
+    g = torch.randn(1, 7, generator=gen)
+    w0 = torch.randn(1, 7, generator=gen)
+    p = torch.nn.Parameter(w0.clone())
+    opt = to_optimizer(library.load("swan"), [p], lr=0.5)
+    p.grad = g.clone()
+    opt.step()
+    c = g - g.mean()
+    expected = w0 - 0.5 * c / c.square().mean().sqrt()
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-6)
