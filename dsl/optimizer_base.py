@@ -59,14 +59,24 @@ def _fe_new(out, op, foreach_op, *args, **kwargs):
     return out
 
 
+def _write_back(p, w_in, new_w):
+    """p ← new_w, the step's result for p's 2-D view w_in. A step that leaves w unchanged returns
+    w_in itself: nothing to copy, and for a parameter with a size-1 dimension and non-standard
+    strides (an 8×1×3×3 conv weight in channels_last) w_in reshaped back has other strides than p,
+    an overlapping source that copy_ refuses. (An identity test, which torch.compile traces.)"""
+    if new_w is not w_in:
+        p.copy_(new_w.reshape(p.shape))
+
+
 def _compiled_tensor_step(step, p, g, hd, st, SC, B, info, param_states):
     """One step of the program for one parameter, written in place; torch.compile turns it into
     fused kernels. Static values come in as the tensor SC (computed outside, once per step) and
     branch conditions as the Python bools B, so one compilation serves every step."""
     lay = (1, info[0], info[1])
     S = {k: (v.reshape(lay) if k in param_states else v.unsqueeze(0)) for k, v in st.items()}
-    new_w, new_s = step(S, SC, B, p.reshape(lay), g.reshape(lay), None if hd is None else hd.reshape(lay))
-    p.copy_(new_w.reshape(p.shape))
+    w_in = p.reshape(lay)
+    new_w, new_s = step(S, SC, B, w_in, g.reshape(lay), None if hd is None else hd.reshape(lay))
+    _write_back(p, w_in, new_w)
     for k, v in new_s.items():
         st[k].copy_(v.reshape(st[k].shape))
 
@@ -297,9 +307,10 @@ class ProgramOptimizer(torch.optim.Optimizer):
                 t = int(state[STEP_KEY].item())
             lay = (1, info[0], info[1])
             S = self._to_program(state, lay)
-            new_w, new_s = step(S, hyper, False, p.reshape(lay), g.reshape(lay), t,
+            w_in = p.reshape(lay)
+            new_w, new_s = step(S, hyper, False, w_in, g.reshape(lay), t,
                                 None if hd is None else hd.reshape(lay), *info, need=self._present(state))
-            p.copy_(new_w.reshape(p.shape))
+            _write_back(p, w_in, new_w)
             self._from_program(new_s, p, state)
 
     def _run_foreach(self, entries, hyper):

@@ -599,6 +599,35 @@ def test_compile_matches_eager_and_a_scheduler_never_recompiles():
     assert float(opt.state[ours[0]]["step"]) == 4
 
 
+@pytest.mark.parametrize("path", ["foreach", "per_tensor", "hoisted"])
+def test_a_step_that_leaves_w_unchanged_on_a_channels_last_parameter(path, monkeypatch):
+    """A grayscale first conv layer in channels_last (8×1×3×3, strides (9, 1, 3, 1)): its 2-D
+    view is a view of the parameter with other strides, and SOAP's first step returns that view
+    unchanged; copying it back raised "some elements of the input tensor and the written-to
+    tensor refer to a single memory location". Its second step moves w as from a contiguous
+    parameter."""
+    from optdisco import library
+
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(8, 1, 3, 3, generator=gen)
+    grads = [torch.randn(8, 1, 3, 3, generator=gen) for _ in range(2)]
+    out = []
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        p = torch.nn.Parameter(w0.clone().to(memory_format=fmt))
+        if path == "hoisted":
+            monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
+        opt = to_optimizer(library.load("soap"), [p], foreach=path == "foreach", compile=path == "hoisted")
+        for i, g in enumerate(grads):
+            p.grad = g.clone().to(memory_format=fmt)
+            opt.step()
+            if i == 0:
+                assert torch.equal(p.detach(), w0)
+        assert p.is_contiguous(memory_format=fmt)
+        out.append(p.detach().clone())
+    assert not torch.equal(out[0], w0)
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
+
+
 # -- the exported file ---------------------------------------------------------------------
 def test_exported_file_imports_only_torch_and_carries_program_and_runtime(tmp_path):
     src = export_python(ADAMW, class_name="MyAdamW")
