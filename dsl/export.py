@@ -32,21 +32,11 @@ from .checker import check
 from .compiler import _SourceLoader, generate_source
 from .foreach import SHAPE_INPUTS, generate_foreach_source, generate_init_source, generate_needed_source
 from .hoist import generate_hoisted_source
-from .parser import parse, parse_file
 from .primitives import PARAM
 from .program import Name, Program, walk_exprs
+from .resolve import resolve_program
 
 _RESERVED = {"self", "params", "compile", "foreach", "role", "defaults"}
-
-
-def _as_program(program) -> Program:
-    if isinstance(program, Program):
-        return program
-    if isinstance(program, Path):
-        return parse_file(program)
-    if isinstance(program, str):
-        return parse(program)
-    raise TypeError(f"expected a Program, program text or a Path to a .opt file, got {type(program).__name__}")
 
 
 def _docstring(text: str, indent: str = "") -> str:
@@ -121,8 +111,9 @@ def _elementwise(foreach_src: str | None) -> bool:
 
 def export_python(program, class_name: str = "DiscoveredOptimizer") -> str:
     """The source of a standalone module (it imports only torch and math) defining
-    ``class_name``, a torch.optim.Optimizer subclass running ``program``."""
-    program = _as_program(program)
+    ``class_name``, a torch.optim.Optimizer subclass running ``program`` (a Program, library
+    name, ``.opt`` path or program text: see ``resolve_program``)."""
+    program = resolve_program(program)
     _check_exportable(program, class_name)
     info = check(program)
     text = program.to_text().rstrip("\n")
@@ -257,17 +248,18 @@ def _optimizer_class(program: Program, doc: str, class_name: str):
 
 def optimizer_class(program, class_name: str = "DiscoveredOptimizer"):
     """The torch.optim.Optimizer subclass that ``export_python`` would write, loaded."""
-    program = _as_program(program)
+    program = resolve_program(program)
     return _optimizer_class(program, program.doc, class_name)
 
 
 def to_optimizer(program, params, **hyper):
-    """A torch.optim.Optimizer running ``program`` on ``params`` (tensors or param-group dicts).
+    """A torch.optim.Optimizer running ``program`` (a Program, library name, ``.opt`` path or
+    program text: see ``resolve_program``) on ``params`` (tensors or param-group dicts).
 
     Keyword arguments override the program's hyperparameter defaults (``lr`` included);
     ``compile=True`` compiles the step with torch.compile and ``foreach=False`` selects the
     per-tensor path, unless the program declares hyperparameters of those names."""
-    program = _as_program(program)
+    program = resolve_program(program)
     cls = optimizer_class(program)
     names = set(program.hyper_defaults)
     options = {k: hyper.pop(k) for k in ("compile", "foreach") if k in hyper and k not in names}

@@ -362,6 +362,45 @@ def test_user_errors_are_clear(make):
         opt.step()
 
 
+# -- what "a program" is ------------------------------------------------------------------
+def test_a_library_name_or_an_opt_path_is_a_program_everywhere(tmp_path, monkeypatch):
+    """to_optimizer and export_python parsed "adamw" as program text ("1:6: expected '='")
+    while evaluate loaded the library program. One resolver now serves them all: a library
+    name, a .opt path (str or Path, relative too), program text or a Program."""
+    from pathlib import Path
+
+    from optdisco import library
+    from optdisco.dsl import resolve_program
+    from optdisco.evaluate import resolve_program as evaluate_resolve
+
+    (tmp_path / "my.opt").write_text(ADAMW)
+    monkeypatch.chdir(tmp_path)
+    for ref in ("adamw", " adamw\n"):
+        assert resolve_program(ref) == evaluate_resolve(ref) == library.load("adamw")
+    for ref in ("my.opt", str(tmp_path / "my.opt"), Path("my.opt"), ADAMW, parse(ADAMW)):
+        assert resolve_program(ref) == evaluate_resolve(ref) == parse(ADAMW)
+    with pytest.raises(KeyError, match="no library program named .adamx.; did you mean"):
+        resolve_program("adamx")
+    with pytest.raises(FileNotFoundError, match="other.opt"):
+        to_optimizer("other.opt", [torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(DSLError):
+        to_optimizer("w = w -", [torch.nn.Parameter(torch.zeros(2))])
+
+    # and the optimizer it builds is the library's AdamW: torch.optim.AdamW's numbers
+    torch.manual_seed(0)
+    w0, grads = torch.randn(5, 4), [torch.randn(5, 4) for _ in range(3)]
+    for ref in ("adamw", "my.opt"):
+        ours, theirs = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+        kw = {"wd": 0.01} if ref == "adamw" else {}
+        opt, ref_opt = to_optimizer(ref, [ours], lr=1e-2, **kw), torch.optim.AdamW([theirs], lr=1e-2, weight_decay=0.01)
+        for g in grads:
+            ours.grad, theirs.grad = g.clone(), g.clone()
+            opt.step()
+            ref_opt.step()
+        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-6, atol=1e-7)
+    assert export_python("lion", class_name="L") == export_python(library.load("lion"), class_name="L")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("compile", [False, True])
 def test_cuda_parameters_match_cpu(make, compile):
