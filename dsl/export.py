@@ -33,7 +33,7 @@ from .compiler import _SourceLoader, generate_source
 from .foreach import SHAPE_INPUTS, generate_foreach_source, generate_init_source, generate_needed_source
 from .hoist import generate_hoisted_source
 from .primitives import PARAM
-from .program import Name, Program, walk_exprs
+from .program import Call, Name, Program, walk_exprs
 from .resolve import resolve_program
 
 _RESERVED = {"self", "params", "compile", "foreach", "role", "defaults"}
@@ -107,6 +107,14 @@ def _elementwise(foreach_src: str | None) -> bool:
         return False
     body = foreach_src.split("\n", 1)[1]
     return "LAY" not in body and "SHAPES" not in body
+
+
+def _ema_decays(program: Program) -> set[str]:
+    """Hyperparameters used directly as an EMA's decay, ``ema(a, x, beta)``: they must lie in [0, 1)."""
+    hypers = set(program.hyper_defaults)
+    return {e.args[2].id for e in walk_exprs(program)
+            if isinstance(e, Call) and e.fn == "ema" and len(e.args) == 3
+            and isinstance(e.args[2], Name) and e.args[2].id in hypers}
 
 
 def export_python(program, class_name: str = "DiscoveredOptimizer") -> str:
@@ -211,6 +219,7 @@ def export_python(program, class_name: str = "DiscoveredOptimizer") -> str:
         f"    USES_T = {any(isinstance(e, Name) and e.id == 't' for e in walk_exprs(program))!r}",
         f"    QUANTIZED = {quantized!r}",
         f"    ELEMENTWISE = {_elementwise(foreach_src)!r}",
+        f"    DECAYS = frozenset({sorted(_ema_decays(program))!r})",
         "    _needed_states = staticmethod(needed_states)",
         "    _init_state = staticmethod(init_state)",
         "    _step_tensor = staticmethod(step_tensor)",
@@ -243,7 +252,16 @@ def _optimizer_class(program: Program, doc: str, class_name: str):
     filename = loader.get_filename(name)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     loader.exec_module(module)
-    return getattr(module, class_name)
+    cls = getattr(module, class_name)
+    cls._REBUILD = _rebuild  # its module cannot be imported: pickle rebuilds it from the program's text
+    return cls
+
+
+def _rebuild(text: str, class_name: str):
+    """An empty instance of the class that to_optimizer makes for this program text (pickle then
+    restores its state with __setstate__)."""
+    cls = optimizer_class(resolve_program(text), class_name)
+    return cls.__new__(cls)
 
 
 def optimizer_class(program, class_name: str = "DiscoveredOptimizer"):
@@ -263,7 +281,8 @@ def to_optimizer(program, params, **hyper):
     cls = optimizer_class(program)
     names = set(program.hyper_defaults)
     options = {k: hyper.pop(k) for k in ("compile", "foreach") if k in hyper and k not in names}
-    unknown = set(hyper) - names
+    betas = {"betas"} if {"beta1", "beta2"} <= names else set()  # torch's (beta1, beta2)
+    unknown = set(hyper) - names - betas
     if unknown:
         raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)}; the program has {sorted(names)}")
     # The base initialiser takes the hyperparameters as one dict, whatever their names.

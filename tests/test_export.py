@@ -401,6 +401,125 @@ def test_a_library_name_or_an_opt_path_is_a_program_everywhere(tmp_path, monkeyp
     assert export_python("lion", class_name="L") == export_python(library.load("lion"), class_name="L")
 
 
+@pytest.mark.parametrize("bad, message", [
+    (dict(lr=-1), "'lr': -1 .*negative"),
+    (dict(lr=float("nan")), "'lr': nan"),
+    (dict(lr=float("inf")), "'lr': inf"),
+    (dict(lr="1e-3"), "'lr': '1e-3'"),
+    (dict(eps=-1e-8), "'eps': -1e-08 .*negative"),
+    (dict(beta1=1.0), "'beta1': 1.0 .*EMA decay"),
+    (dict(beta2=-0.1), "'beta2': -0.1 .*EMA decay"),
+    (dict(betas=(0.9, 1.5)), "'beta2': 1.5"),
+    (dict(wd=None), "'wd': None"),
+])
+def test_invalid_hyperparameters_are_refused_at_construction(make, bad, message):
+    """They were accepted, and lr=nan gave NaN weights after one step. ValueError names the
+    hyperparameter and the value, for the defaults and for a parameter group alike."""
+    if "betas" in bad and make.__name__ == "build":
+        pytest.skip("the exported class's __init__ takes beta1 and beta2 (groups take betas)")
+    p = [torch.nn.Parameter(torch.randn(3))]
+    with pytest.raises(ValueError, match=message):
+        make(ADAMW, p, **bad)
+    with pytest.raises(ValueError, match=message):
+        make(ADAMW, [{"params": p, **bad}])
+    opt = make(ADAMW, p)
+    with pytest.raises(ValueError, match=message):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], **bad})
+    assert len(opt.param_groups) == 1
+    make(ADAMW, p, lr=0, beta1=0, wd=-0.1)  # zero lr, no momentum, negative decay: allowed
+
+
+def test_betas_is_a_view_of_beta1_and_beta2(make):
+    p = [torch.nn.Parameter(torch.randn(3))]
+    opt = make(ADAMW, [{"params": p}, {"params": [torch.nn.Parameter(torch.randn(2))], "betas": (0.8, 0.95)}],
+               beta1=0.85)
+    g0, g1 = opt.param_groups
+    assert g0["betas"] == (0.85, 0.999) and (g1["beta1"], g1["beta2"]) == (0.8, 0.95)
+    g0["betas"] = (0.5, 0.9)
+    assert (g0["beta1"], g0["beta2"]) == (0.5, 0.9)
+    g0["beta2"] = 0.7
+    assert g0["betas"] == (0.5, 0.7)
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["betas"] == (0.5, 0.7)
+    other = make(ADAMW, [{"params": p}, {"params": [torch.nn.Parameter(torch.randn(2))]}])
+    other.load_state_dict(sd)
+    other.param_groups[1]["betas"] = (0.6, 0.9)
+    assert other.param_groups[1]["beta1"] == 0.6 and other.param_groups[0]["betas"] == (0.5, 0.7)
+    assert "betas" not in make(LION.replace("beta2", "b2"), p).defaults  # no beta2: no betas
+
+
+def test_one_cycle_lr_cycles_beta1_like_torch_adam(make):
+    """OneCycleLR(cycle_momentum=True) refused the optimizer (no 'betas' or 'momentum'). Now it
+    cycles beta1 exactly as it cycles torch.optim.AdamW's betas[0], and the trained weights agree."""
+    ours_model, ref_model = mlp(), mlp()
+    opt = make(ADAMW, ours_model.parameters(), lr=1e-2, wd=0.01)
+    ref = torch.optim.AdamW(ref_model.parameters(), lr=1e-2, weight_decay=0.01)
+    scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=20, cycle_momentum=True,
+                                                  base_momentum=0.8, max_momentum=0.95) for o in (opt, ref)]
+    seen = []
+    x, y = data()
+    for _ in range(12):
+        for model, o, s in ((ours_model, opt, scheds[0]), (ref_model, ref, scheds[1])):
+            o.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            o.step()
+            s.step()
+        seen.append(opt.param_groups[0]["beta1"])
+        assert opt.param_groups[0]["beta1"] == ref.param_groups[0]["betas"][0]
+    assert max(seen) - min(seen) > 0.1  # cycled between base_momentum and max_momentum
+    assert max_diff(ours_model, ref_model) < 1e-5
+
+
+def test_optimizers_pickle_and_torch_save_and_resume_exactly(tmp_path):
+    """pickle.dumps(to_optimizer(...)) raised "Can't pickle ... optdisco_exported_N" (the class
+    lives in a module made from text). It now pickles as the program's text plus its state, as
+    Ray and multiprocessing need; the unpickled copy continues exactly as the original."""
+    import pickle
+
+    from optdisco import library
+
+    for name in ("adamw", "soap"):
+        model = mlp()
+        opt = to_optimizer(library.load(name), model.parameters(), lr=1e-2)
+        train(model, opt, 3)
+        blob = pickle.dumps((model, opt))
+        model2, opt2 = pickle.loads(blob)
+        assert type(opt2).__name__ == type(opt).__name__ and opt2.PROGRAM == opt.PROGRAM
+        assert opt2.param_groups[0]["params"][0] is next(model2.parameters())  # shared, as pickled
+        torch.save((model, opt), tmp_path / "ckpt.pt")
+        model3, opt3 = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+        copied = copy.deepcopy((model, opt))
+        for m, o in ((model2, opt2), (model3, opt3), copied):
+            train(m, o, 3)
+        train(model, opt, 3)
+        for m, _ in ((model2, opt2), (model3, opt3), copied):
+            assert max_diff(m, model) == 0
+        if name == "adamw":
+            assert opt2.param_groups[0]["betas"] == (0.9, 0.999)
+            opt2.param_groups[0]["betas"] = (0.5, 0.9)
+            assert opt2.param_groups[0]["beta1"] == 0.5
+
+
+def test_an_exported_file_imported_as_a_module_pickles_by_reference(tmp_path, monkeypatch):
+    import pickle
+    import sys
+
+    (tmp_path / "my_adamw.py").write_text(export_python(ADAMW, class_name="MyAdamW"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_adamw", raising=False)
+    import my_adamw
+
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = my_adamw.MyAdamW([p], lr=0.1)
+    p.grad = torch.randn(4)
+    opt.step()
+    blob = pickle.dumps(opt)
+    assert b"my_adamw" in blob and b"MyAdamW" in blob
+    back = pickle.loads(blob)
+    assert type(back) is my_adamw.MyAdamW
+    torch.testing.assert_close(back.state_dict()["state"][0]["m"], opt.state[p]["m"], rtol=0, atol=0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("compile", [False, True])
 def test_cuda_parameters_match_cpu(make, compile):
