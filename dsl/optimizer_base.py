@@ -26,8 +26,12 @@ calls ``ProgramOptimizer.__init__`` with its hyperparameters. What it does:
   with ``torch.compile`` into one fused kernel per parameter. The static values of a step
   (hyperparameters, ``t`` and what is computed from them) are computed once per step in Python
   and enter the compiled code as a small tensor, so an LR scheduler or the step count never
-  triggers a recompilation; compilation happens once per distinct (shape, role, dtype, device)
-  of the parameters, during the first step (seconds to a minute on a CPU).
+  triggers a recompilation; compilation happens once per distinct (shape, role, dtype, device,
+  branch taken, states present) of the parameters, on the first step that meets it (seconds to
+  a minute on a CPU): a t-dependent branch selects another compiled function, never recompiles one.
+- Hyperparameters are checked when set through the constructor or ``add_param_group``
+  (``ValueError`` naming the hyperparameter). A program with ``beta1`` and ``beta2`` also has
+  torch's ``betas``, a two-way view of the pair (schedulers that cycle momentum drive beta1).
 - Programs that read ``hess_diag`` need ``step(closure)``: the closure must clear the gradients,
   compute the loss, call ``loss.backward(create_graph=True)`` and return the loss. The optimizer
   then forms Hutchinson's estimate ``z * (H z)`` with one Rademacher vector ``z`` per parameter
@@ -510,7 +514,10 @@ class ProgramOptimizer(torch.optim.Optimizer):
                     # inductor's own size/stride checks run before any kernel: on a mismatch this
                     # key goes back to dynamo, which guards, recompiles if it must, and runs it
                     del self._fast[fast_key]
-            key = (p.device, p.dtype, info)
+            # One function per (device, dtype, shape and role, branch conditions, states present):
+            # a branch that flips with t selects another function, compiled once when first taken,
+            # instead of making dynamo recompile one function (up to its recompile limit, then eager)
+            key = (p.device, p.dtype, info, conds, hd is not None, tuple(st))
             entry = self._compiled.get(key)
             if entry is None:
                 # A fresh copy of the function per key: its own compile cache, compiled once.

@@ -786,6 +786,40 @@ def test_a_step_that_leaves_w_unchanged_on_a_channels_last_parameter(path, monke
     torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
 
 
+def test_compile_compiles_once_per_branch_and_never_recompiles(monkeypatch):
+    """SOAP's branches depend on t (the first step, ordinary steps, refresh steps every f): each
+    flip made dynamo recompile the one compiled function (and past its recompile limit of 8 it
+    would have fallen back to eager). Each (device, dtype, shape, role, branch, states) now has its
+    own compiled function, compiled once: no recompilation at any step, one graph per branch
+    combination seen, and the numbers of the eager per-tensor path (float64: in float32 the two
+    differ by rounding that SOAP's near-null directions amplify). inductor is swapped for running
+    the traced graph: what is counted is tracing, which is what a recompilation repeats."""
+    import torch._dynamo
+
+    from optdisco import library
+
+    monkeypatch.setattr(torch._dynamo, "lookup_backend", lambda name: (lambda gm, example_inputs: gm.forward))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    shapes = [(5, 5), (5,), (5, 5)]  # two parameters of one shape share their functions
+    ps = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64)) for s in shapes]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt = to_optimizer(library.load("soap"), ps, compile=True, f=2)
+    eager = to_optimizer(library.load("soap"), qs, foreach=False, f=2)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(9):
+            for p, q in zip(ps, qs):
+                p.grad = torch.randn(p.shape, dtype=torch.float64)
+                q.grad = p.grad.clone()
+            opt.step()
+            eager.step()
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-10, atol=1e-12)
+    # matrix: first step, ordinary step, refresh step; vector: first step, ordinary step
+    graphs = sum(len(records) for _, records in opt._compiled.values())
+    assert graphs == 5 and len(opt._compiled) == 5
+
+
 # -- the exported file ---------------------------------------------------------------------
 def test_exported_file_imports_only_torch_and_carries_program_and_runtime(tmp_path):
     src = export_python(ADAMW, class_name="MyAdamW")
