@@ -6,6 +6,7 @@ from .errors import DSLError
 from .export import export_python, optimizer_class, to_optimizer
 from .fingerprint import fingerprint
 from .parser import parse, parse_file
+from .resolve import resolve_program
 from .program import Assign, BinOp, Call, Hyper, If, Name, Num, Program, State, Unary
 from .symbolic import simplify, to_latex, update_exprs
 
@@ -13,5 +14,5 @@ __all__ = [
     "DSLError", "Program", "parse", "parse_file", "check", "CheckInfo", "compile_program",
     "StepFunction", "generate_source", "Assign", "BinOp", "Call", "Hyper", "If", "Name", "Num",
     "State", "Unary", "fingerprint", "simplify", "to_latex", "update_exprs",
-    "to_optimizer", "export_python", "optimizer_class",
+    "to_optimizer", "export_python", "optimizer_class", "resolve_program",
 ]

@@ -32,21 +32,11 @@ from .checker import check
 from .compiler import _SourceLoader, generate_source
 from .foreach import SHAPE_INPUTS, generate_foreach_source, generate_init_source, generate_needed_source
 from .hoist import generate_hoisted_source
-from .parser import parse, parse_file
 from .primitives import PARAM
-from .program import Name, Program, walk_exprs
+from .program import Call, Name, Program, walk_exprs
+from .resolve import resolve_program
 
 _RESERVED = {"self", "params", "compile", "foreach", "role", "defaults"}
-
-
-def _as_program(program) -> Program:
-    if isinstance(program, Program):
-        return program
-    if isinstance(program, Path):
-        return parse_file(program)
-    if isinstance(program, str):
-        return parse(program)
-    raise TypeError(f"expected a Program, program text or a Path to a .opt file, got {type(program).__name__}")
 
 
 def _docstring(text: str, indent: str = "") -> str:
@@ -119,10 +109,19 @@ def _elementwise(foreach_src: str | None) -> bool:
     return "LAY" not in body and "SHAPES" not in body
 
 
+def _ema_decays(program: Program) -> set[str]:
+    """Hyperparameters used directly as an EMA's decay, ``ema(a, x, beta)``: they must lie in [0, 1)."""
+    hypers = set(program.hyper_defaults)
+    return {e.args[2].id for e in walk_exprs(program)
+            if isinstance(e, Call) and e.fn == "ema" and len(e.args) == 3
+            and isinstance(e.args[2], Name) and e.args[2].id in hypers}
+
+
 def export_python(program, class_name: str = "DiscoveredOptimizer") -> str:
     """The source of a standalone module (it imports only torch and math) defining
-    ``class_name``, a torch.optim.Optimizer subclass running ``program``."""
-    program = _as_program(program)
+    ``class_name``, a torch.optim.Optimizer subclass running ``program`` (a Program, library
+    name, ``.opt`` path or program text: see ``resolve_program``)."""
+    program = resolve_program(program)
     _check_exportable(program, class_name)
     info = check(program)
     text = program.to_text().rstrip("\n")
@@ -157,7 +156,8 @@ def export_python(program, class_name: str = "DiscoveredOptimizer") -> str:
         f"Hyperparameters (defaults): {hyper_doc}. Each may be set per parameter group.\n"
         "A group may also set ``role``: \"hidden\", \"embedding\", \"head\" or \"vector\" (default: hidden for\n"
         "parameters with two or more dimensions, vector otherwise).\n\n"
-        "``compile=True`` compiles each group's step with torch.compile (once; the first step pays it).\n"
+        "``compile=True`` compiles each parameter's step with torch.compile, once per shape, role, dtype,\n"
+        "device and branch taken (the first step that takes a branch pays for it).\n"
         "``foreach=False`` runs the per-tensor step function instead of the multi-tensor one."
         + ("\n\nThis program reads hess_diag: call ``step(closure)`` where closure() clears the gradients,\n"
            "computes the loss, calls ``loss.backward(create_graph=True)`` and returns the loss."
@@ -220,6 +220,7 @@ def export_python(program, class_name: str = "DiscoveredOptimizer") -> str:
         f"    USES_T = {any(isinstance(e, Name) and e.id == 't' for e in walk_exprs(program))!r}",
         f"    QUANTIZED = {quantized!r}",
         f"    ELEMENTWISE = {_elementwise(foreach_src)!r}",
+        f"    DECAYS = frozenset({sorted(_ema_decays(program))!r})",
         "    _needed_states = staticmethod(needed_states)",
         "    _init_state = staticmethod(init_state)",
         "    _step_tensor = staticmethod(step_tensor)",
@@ -252,26 +253,37 @@ def _optimizer_class(program: Program, doc: str, class_name: str):
     filename = loader.get_filename(name)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     loader.exec_module(module)
-    return getattr(module, class_name)
+    cls = getattr(module, class_name)
+    cls._REBUILD = _rebuild  # its module cannot be imported: pickle rebuilds it from the program's text
+    return cls
+
+
+def _rebuild(text: str, class_name: str):
+    """An empty instance of the class that to_optimizer makes for this program text (pickle then
+    restores its state with __setstate__)."""
+    cls = optimizer_class(resolve_program(text), class_name)
+    return cls.__new__(cls)
 
 
 def optimizer_class(program, class_name: str = "DiscoveredOptimizer"):
     """The torch.optim.Optimizer subclass that ``export_python`` would write, loaded."""
-    program = _as_program(program)
+    program = resolve_program(program)
     return _optimizer_class(program, program.doc, class_name)
 
 
 def to_optimizer(program, params, **hyper):
-    """A torch.optim.Optimizer running ``program`` on ``params`` (tensors or param-group dicts).
+    """A torch.optim.Optimizer running ``program`` (a Program, library name, ``.opt`` path or
+    program text: see ``resolve_program``) on ``params`` (tensors or param-group dicts).
 
     Keyword arguments override the program's hyperparameter defaults (``lr`` included);
     ``compile=True`` compiles the step with torch.compile and ``foreach=False`` selects the
     per-tensor path, unless the program declares hyperparameters of those names."""
-    program = _as_program(program)
+    program = resolve_program(program)
     cls = optimizer_class(program)
     names = set(program.hyper_defaults)
     options = {k: hyper.pop(k) for k in ("compile", "foreach") if k in hyper and k not in names}
-    unknown = set(hyper) - names
+    betas = {"betas"} if {"beta1", "beta2"} <= names else set()  # torch's (beta1, beta2)
+    unknown = set(hyper) - names - betas
     if unknown:
         raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)}; the program has {sorted(names)}")
     # The base initialiser takes the hyperparameters as one dict, whatever their names.

@@ -26,8 +26,12 @@ calls ``ProgramOptimizer.__init__`` with its hyperparameters. What it does:
   with ``torch.compile`` into one fused kernel per parameter. The static values of a step
   (hyperparameters, ``t`` and what is computed from them) are computed once per step in Python
   and enter the compiled code as a small tensor, so an LR scheduler or the step count never
-  triggers a recompilation; compilation happens once per distinct (shape, role, dtype, device)
-  of the parameters, during the first step (seconds to a minute on a CPU).
+  triggers a recompilation; compilation happens once per distinct (shape, role, dtype, device,
+  branch taken, states present) of the parameters, on the first step that meets it (seconds to
+  a minute on a CPU): a t-dependent branch selects another compiled function, never recompiles one.
+- Hyperparameters are checked when set through the constructor or ``add_param_group``
+  (``ValueError`` naming the hyperparameter). A program with ``beta1`` and ``beta2`` also has
+  torch's ``betas``, a two-way view of the pair (schedulers that cycle momentum drive beta1).
 - Programs that read ``hess_diag`` need ``step(closure)``: the closure must clear the gradients,
   compute the loss, call ``loss.backward(create_graph=True)`` and return the loss. The optimizer
   then forms Hutchinson's estimate ``z * (H z)`` with one Rademacher vector ``z`` per parameter
@@ -59,14 +63,24 @@ def _fe_new(out, op, foreach_op, *args, **kwargs):
     return out
 
 
+def _write_back(p, w_in, new_w):
+    """p ← new_w, the step's result for p's 2-D view w_in. A step that leaves w unchanged returns
+    w_in itself: nothing to copy, and for a parameter with a size-1 dimension and non-standard
+    strides (an 8×1×3×3 conv weight in channels_last) w_in reshaped back has other strides than p,
+    an overlapping source that copy_ refuses. (An identity test, which torch.compile traces.)"""
+    if new_w is not w_in:
+        p.copy_(new_w.reshape(p.shape))
+
+
 def _compiled_tensor_step(step, p, g, hd, st, SC, B, info, param_states):
     """One step of the program for one parameter, written in place; torch.compile turns it into
     fused kernels. Static values come in as the tensor SC (computed outside, once per step) and
     branch conditions as the Python bools B, so one compilation serves every step."""
     lay = (1, info[0], info[1])
     S = {k: (v.reshape(lay) if k in param_states else v.unsqueeze(0)) for k, v in st.items()}
-    new_w, new_s = step(S, SC, B, p.reshape(lay), g.reshape(lay), None if hd is None else hd.reshape(lay))
-    p.copy_(new_w.reshape(p.shape))
+    w_in = p.reshape(lay)
+    new_w, new_s = step(S, SC, B, w_in, g.reshape(lay), None if hd is None else hd.reshape(lay))
+    _write_back(p, w_in, new_w)
     for k, v in new_s.items():
         st[k].copy_(v.reshape(st[k].shape))
 
@@ -109,6 +123,51 @@ def _layout(shape):
     return int(shape[0]), int(math.prod(shape[1:]))
 
 
+def _check_hyper(name, value, decays):
+    """A hyperparameter's value as a float, or ValueError naming it: a finite real number; lr
+    (and lr_*) and eps (and eps*, *_eps) not negative; an EMA decay (ema's weight) in [0, 1)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(value, torch.Tensor):
+        ok = value.numel() == 1 and (value.is_floating_point() or not value.dtype.is_complex)
+    x = float(value) if ok else math.nan
+    if not ok or not math.isfinite(x):
+        raise ValueError(f"invalid value for hyperparameter {name!r}: {value!r} (a finite number is needed)")
+    nonneg = name == "lr" or name.startswith("lr_") or name.startswith("eps") or name.endswith("_eps")
+    if nonneg and x < 0:
+        raise ValueError(f"invalid value for hyperparameter {name!r}: {value!r} (it must not be negative)")
+    if name in decays and not 0 <= x < 1:
+        raise ValueError(f"invalid value for hyperparameter {name!r}: {value!r} (an EMA decay: 0 <= {name} < 1)")
+    return x
+
+
+class BetasGroup(dict):
+    """A parameter group of a program with hyperparameters beta1 and beta2, which also holds
+    ``"betas"``, the tuple (beta1, beta2) as torch's Adam has it: writing either side updates the
+    other, so schedulers that cycle ``betas[0]`` (OneCycleLR, CyclicLR) drive beta1."""
+
+    def __setitem__(self, k, v):
+        if k == "betas":
+            b1, b2 = v
+            dict.__setitem__(self, "beta1", b1)
+            dict.__setitem__(self, "beta2", b2)
+            v = (b1, b2)
+        dict.__setitem__(self, k, v)
+        if k in ("beta1", "beta2") and "beta1" in self and "beta2" in self:
+            dict.__setitem__(self, "betas", (dict.__getitem__(self, "beta1"), dict.__getitem__(self, "beta2")))
+
+    def update(self, *args, **kw):
+        for k, v in dict(*args, **kw).items():
+            self[k] = v
+
+    def setdefault(self, k, default=None):
+        if k not in self:
+            self[k] = default
+        return self[k]
+
+    def __reduce__(self):  # a plain dict when pickled: the optimizer wraps its groups again
+        return dict, (dict(self),)
+
+
 class ProgramOptimizer(torch.optim.Optimizer):
     """Base class of every exported optimizer (see the module docstring)."""
 
@@ -121,6 +180,8 @@ class ProgramOptimizer(torch.optim.Optimizer):
     USES_T = True  # the program reads the step count t (else no "step" is stored)
     QUANTIZED = False  # some state is stored quantized (per-tensor path only)
     ELEMENTWISE = False  # the multi-tensor step is elementwise: it may run on flat slices
+    DECAYS = frozenset()  # hyperparameters the program uses as an EMA decay (ema's third argument)
+    _REBUILD = None  # set by optdisco.dsl.to_optimizer: rebuilds the class from PROGRAM when unpickled
     _needed_states = None  # staticmethod(rows, ...) -> the states this parameter's routing reaches
     _init_state = None  # staticmethod(hyper, w, g, t, hess_diag, rows, ..., need) -> first states
     _step_tensor = None  # staticmethod: the per-tensor step function (evaluation's code)
@@ -129,6 +190,12 @@ class ProgramOptimizer(torch.optim.Optimizer):
     _step_hoisted = None  # staticmethod: the per-tensor step reading them (for compile=True)
 
     def __init__(self, params, defaults, *, compile=False, foreach=None):
+        if "betas" in defaults and self._has_betas():
+            defaults = dict(defaults)
+            b = defaults.pop("betas")
+            if not isinstance(b, (tuple, list)) or len(b) != 2:
+                raise ValueError(f"invalid value for 'betas': {b!r} (a pair (beta1, beta2) is needed)")
+            defaults["beta1"], defaults["beta2"] = b
         unknown = set(defaults) - set(self.HYPERS)
         if unknown:
             raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)}; {type(self).__name__} has {sorted(self.HYPERS)}")
@@ -146,16 +213,45 @@ class ProgramOptimizer(torch.optim.Optimizer):
         self._fast = {}  # compiled graphs entered directly (see _input_order)
         full = dict(self.HYPERS)
         full.update(defaults)
+        for k in self.HYPERS:
+            _check_hyper(k, full[k], self.DECAYS)
+        if self._has_betas():
+            full["betas"] = (full["beta1"], full["beta2"])  # torch's name: schedulers look for it
         full["role"] = None
         super().__init__(params, full)
 
     def __getstate__(self):
         state = super().__getstate__()
         state.update(compile=self.compile, foreach=self.foreach)
+        state["param_groups"] = [dict(g) for g in state["param_groups"]]
         return state
+
+    def __reduce_ex__(self, protocol):
+        """A class loaded by to_optimizer lives in a module made from the program's text, which
+        pickle cannot import: such an optimizer pickles as (the program's text, its class name)
+        plus its state (param groups, per-parameter state, options), and unpickling rebuilds the
+        class from the text (through the parser; no code is pickled). A class imported from an
+        exported file pickles by reference to that file's module, as any class."""
+        rebuild = type(self)._REBUILD
+        if rebuild is None:
+            return super().__reduce_ex__(protocol)
+        return rebuild, (self.PROGRAM, type(self).__name__), self.__getstate__()
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._wrap_groups()
+
+    def _wrap_groups(self):
+        if self._has_betas():
+            for i, g in enumerate(self.param_groups):
+                if not isinstance(g, BetasGroup):
+                    w = BetasGroup()
+                    w.update({k: v for k, v in g.items() if k != "betas"})
+                    self.param_groups[i] = w
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        self._wrap_groups()
         self.__dict__.setdefault("compile", False)
         self.__dict__.setdefault("foreach", self._step_foreach is not None)
         self._read_idx = tuple(SHAPE_INPUTS.index(n) for n in self.READS)
@@ -163,18 +259,34 @@ class ProgramOptimizer(torch.optim.Optimizer):
         for k, v in dict(_scratch={}, _infos={}, _compiled={}, _fast={}).items():
             self.__dict__.setdefault(k, v)
 
+    def _has_betas(self):
+        return "beta1" in self.HYPERS and "beta2" in self.HYPERS and "betas" not in self.HYPERS
+
     def add_param_group(self, param_group):
         role = param_group.get("role")
         if role is not None and role not in ROLES:
             raise ValueError(f"unknown role {role!r} for a parameter group; use one of {ROLES} (or None: "
                              "hidden for matrices, vector otherwise)")
-        for k, v in param_group.items():
-            if k in self.HYPERS and not isinstance(v, (int, float, torch.Tensor)):
-                raise TypeError(f"hyperparameter {k!r} must be a number, got {type(v).__name__}")
-        extra = set(param_group) - set(self.HYPERS) - {"params", "role", "initial_lr", "name"}
+        betas = ("betas",) if self._has_betas() else ()
+        extra = set(param_group) - set(self.HYPERS) - {"params", "role", "initial_lr", "name", *betas}
         if extra:
             raise TypeError(f"unknown parameter-group option(s) {sorted(extra)}; the options are the "
                             f"hyperparameters {sorted(self.HYPERS)} and 'role'")
+        if betas:
+            group = BetasGroup()
+            if "betas" in param_group:  # the tuple wins over beta1/beta2 given beside it, as it is set last
+                group.update({k: v for k, v in param_group.items() if k != "betas"})
+                b = param_group["betas"]
+                if not isinstance(b, (tuple, list)) or len(b) != 2:
+                    raise ValueError(f"invalid value for 'betas': {b!r} (a pair (beta1, beta2) is needed)")
+                group["betas"] = tuple(b)
+            else:
+                group.update(param_group)
+                group.setdefault("beta1", self.defaults.get("beta1"))
+                group.setdefault("beta2", self.defaults.get("beta2"))
+            param_group = group
+        for k in self.HYPERS:
+            _check_hyper(k, param_group[k] if k in param_group else self.defaults[k], self.DECAYS)
         super().add_param_group(param_group)
 
     # -- per-parameter facts ---------------------------------------------------------------
@@ -297,9 +409,10 @@ class ProgramOptimizer(torch.optim.Optimizer):
                 t = int(state[STEP_KEY].item())
             lay = (1, info[0], info[1])
             S = self._to_program(state, lay)
-            new_w, new_s = step(S, hyper, False, p.reshape(lay), g.reshape(lay), t,
+            w_in = p.reshape(lay)
+            new_w, new_s = step(S, hyper, False, w_in, g.reshape(lay), t,
                                 None if hd is None else hd.reshape(lay), *info, need=self._present(state))
-            p.copy_(new_w.reshape(p.shape))
+            _write_back(p, w_in, new_w)
             self._from_program(new_s, p, state)
 
     def _run_foreach(self, entries, hyper):
@@ -401,7 +514,10 @@ class ProgramOptimizer(torch.optim.Optimizer):
                     # inductor's own size/stride checks run before any kernel: on a mismatch this
                     # key goes back to dynamo, which guards, recompiles if it must, and runs it
                     del self._fast[fast_key]
-            key = (p.device, p.dtype, info)
+            # One function per (device, dtype, shape and role, branch conditions, states present):
+            # a branch that flips with t selects another function, compiled once when first taken,
+            # instead of making dynamo recompile one function (up to its recompile limit, then eager)
+            key = (p.device, p.dtype, info, conds, hd is not None, tuple(st))
             entry = self._compiled.get(key)
             if entry is None:
                 # A fresh copy of the function per key: its own compile cache, compiled once.

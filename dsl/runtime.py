@@ -332,16 +332,46 @@ def _sym(x):
     return 0.5 * (x + x.transpose(-2, -1))
 
 
+# torch has no bfloat16 or float16 kernels for eigh, svd and QR (eigh and QR none on the CPU, eigh none
+# on CUDA either): decompositions of such tensors run in float32, as the references (SOAP, Shampoo,
+# Conda's GaLore projector) run theirs, and their results are cast back to the input's dtype.
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+# Added to the diagonal before eigh, as the official SOAP does: a matrix with exactly zero rows and
+# columns (the Gram matrix of a layer over sparse inputs) may make float32 eigh fail to converge.
+EIGH_SHIFT = 1e-30
+
+
+def _decomposable(x):
+    return x.float() if x.dtype in _LOW_PRECISION else x
+
+
+def _eigh(x):
+    """Eigenvalues (ascending) and eigenvectors of the symmetric part of x, in float32 or float64.
+
+    As the official SOAP: eigh of x + 1e-30·I, and where that fails to converge in float32, eigh in
+    float64 (its results cast back)."""
+    s = _sym(_decomposable(x))
+    eye = torch.eye(s.shape[-1], dtype=s.dtype, device=s.device)
+    try:
+        return torch.linalg.eigh(s + EIGH_SHIFT * eye)
+    except torch.linalg.LinAlgError:
+        if s.dtype == torch.float64:
+            raise
+        vals, vecs = torch.linalg.eigh(s.double() + EIGH_SHIFT * eye.double())
+        return vals.to(s.dtype), vecs.to(s.dtype)
+
+
 def eigvecs(x):
-    return torch.linalg.eigh(_sym(x)).eigenvectors
+    return _eigh(x)[1].to(x.dtype)
 
 
 def matpow(x, p):
     """x^p of the symmetric part of x by eigendecomposition; negative eigenvalues count as 0.
-    For a negative power, eigenvalues below n·eps·λ_max (eps of x's dtype) are raised to that
-    floor: they are rounding noise of a singular matrix, and raising them to a negative power
-    would give inf or a huge spurious direction (a pseudo-inverse's cut-off, as numpy's pinv)."""
-    vals, vecs = torch.linalg.eigh(_sym(x))
+    For a negative power, eigenvalues below n·eps·λ_max (eps of the decomposition's dtype) are
+    raised to that floor: they are rounding noise of a singular matrix, and raising them to a
+    negative power would give inf or a huge spurious direction (a pseudo-inverse's cut-off, as
+    numpy's pinv). A bfloat16 or float16 x is raised in float32 and the result cast back."""
+    vals, vecs = _eigh(x)
     if _t(p):
         p = p.reshape(p.shape[:-2] + (1,)) if p.dim() >= 2 else p
     vals = vals.clamp_min(0)
@@ -351,21 +381,21 @@ def matpow(x, p):
     elif p < 0:
         vals = torch.maximum(vals, floor)
     powered = vals**p
-    return (vecs * powered.unsqueeze(-2)) @ vecs.transpose(-2, -1)
+    return ((vecs * powered.unsqueeze(-2)) @ vecs.transpose(-2, -1)).to(x.dtype)
 
 
 def qr_q(x):
-    return torch.linalg.qr(x).Q
+    return torch.linalg.qr(_decomposable(x)).Q.to(x.dtype)
 
 
 def svd_u(x):
     """Left singular vectors (columns, descending singular values), rows × rows."""
-    return torch.linalg.svd(x, full_matrices=x.shape[-2] > x.shape[-1]).U
+    return torch.linalg.svd(_decomposable(x), full_matrices=x.shape[-2] > x.shape[-1]).U.to(x.dtype)
 
 
 def svd_v(x):
     """Right singular vectors (columns, descending singular values), cols × cols."""
-    return torch.linalg.svd(x, full_matrices=x.shape[-1] > x.shape[-2]).Vh.transpose(-2, -1)
+    return torch.linalg.svd(_decomposable(x), full_matrices=x.shape[-1] > x.shape[-2]).Vh.transpose(-2, -1).to(x.dtype)
 
 
 def sorting_perm(x):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
-import os
 import random
 import statistics
 import time
@@ -39,7 +38,7 @@ from typing import Sequence
 import torch
 
 from optdisco.dsl import Program, compile_program
-from optdisco.dsl.compiler import StepFunction
+from optdisco.dsl import resolve_program as _resolve_program
 
 from . import grid as grid_mod
 from .hessian import EPS
@@ -73,32 +72,9 @@ def default_device() -> str:
 
 def resolve_program(program) -> Program:
     """A Program from a Program, a compiled StepFunction, a library name, a path to an ``.opt``
-    file, or program text."""
-    if isinstance(program, Program):
-        return program
-    if isinstance(program, StepFunction):
-        return program.program
-    if isinstance(program, os.PathLike) or (isinstance(program, str) and _looks_like_path(program)):
-        from optdisco.dsl import parse_file
-
-        if not os.path.isfile(program):
-            raise FileNotFoundError(f"no program file {os.fspath(program)!r}")
-        return parse_file(program)
-    if isinstance(program, str):
-        text = program.strip()
-        if text and "\n" not in text and "=" not in text:
-            from optdisco import library
-
-            return library.load(text)
-        from optdisco.dsl import parse
-
-        return parse(program)
-    raise TypeError(f"expected a Program, program text, a library name or an .opt path, got {type(program).__name__}")
-
-
-def _looks_like_path(s: str) -> bool:
-    s = s.strip()
-    return "\n" not in s and (s.endswith(".opt") or os.sep in s or "/" in s)
+    file, or program text: ``optdisco.dsl.resolve_program``, the one resolver shared with
+    ``to_optimizer`` and ``export_python``."""
+    return _resolve_program(program)
 
 
 def resolve_task(task, size: str = "proxy"):

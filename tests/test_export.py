@@ -362,6 +362,164 @@ def test_user_errors_are_clear(make):
         opt.step()
 
 
+# -- what "a program" is ------------------------------------------------------------------
+def test_a_library_name_or_an_opt_path_is_a_program_everywhere(tmp_path, monkeypatch):
+    """to_optimizer and export_python parsed "adamw" as program text ("1:6: expected '='")
+    while evaluate loaded the library program. One resolver now serves them all: a library
+    name, a .opt path (str or Path, relative too), program text or a Program."""
+    from pathlib import Path
+
+    from optdisco import library
+    from optdisco.dsl import resolve_program
+    from optdisco.evaluate import resolve_program as evaluate_resolve
+
+    (tmp_path / "my.opt").write_text(ADAMW)
+    monkeypatch.chdir(tmp_path)
+    for ref in ("adamw", " adamw\n"):
+        assert resolve_program(ref) == evaluate_resolve(ref) == library.load("adamw")
+    for ref in ("my.opt", str(tmp_path / "my.opt"), Path("my.opt"), ADAMW, parse(ADAMW)):
+        assert resolve_program(ref) == evaluate_resolve(ref) == parse(ADAMW)
+    with pytest.raises(KeyError, match="no library program named .adamx.; did you mean"):
+        resolve_program("adamx")
+    with pytest.raises(FileNotFoundError, match="other.opt"):
+        to_optimizer("other.opt", [torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(DSLError):
+        to_optimizer("w = w -", [torch.nn.Parameter(torch.zeros(2))])
+
+    # and the optimizer it builds is the library's AdamW: torch.optim.AdamW's numbers
+    torch.manual_seed(0)
+    w0, grads = torch.randn(5, 4), [torch.randn(5, 4) for _ in range(3)]
+    for ref in ("adamw", "my.opt"):
+        ours, theirs = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+        kw = {"wd": 0.01} if ref == "adamw" else {}
+        opt, ref_opt = to_optimizer(ref, [ours], lr=1e-2, **kw), torch.optim.AdamW([theirs], lr=1e-2, weight_decay=0.01)
+        for g in grads:
+            ours.grad, theirs.grad = g.clone(), g.clone()
+            opt.step()
+            ref_opt.step()
+        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-6, atol=1e-7)
+    assert export_python("lion", class_name="L") == export_python(library.load("lion"), class_name="L")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(lr=-1), "'lr': -1 .*negative"),
+    (dict(lr=float("nan")), "'lr': nan"),
+    (dict(lr=float("inf")), "'lr': inf"),
+    (dict(lr="1e-3"), "'lr': '1e-3'"),
+    (dict(eps=-1e-8), "'eps': -1e-08 .*negative"),
+    (dict(beta1=1.0), "'beta1': 1.0 .*EMA decay"),
+    (dict(beta2=-0.1), "'beta2': -0.1 .*EMA decay"),
+    (dict(betas=(0.9, 1.5)), "'beta2': 1.5"),
+    (dict(wd=None), "'wd': None"),
+])
+def test_invalid_hyperparameters_are_refused_at_construction(make, bad, message):
+    """They were accepted, and lr=nan gave NaN weights after one step. ValueError names the
+    hyperparameter and the value, for the defaults and for a parameter group alike."""
+    if "betas" in bad and make.__name__ == "build":
+        pytest.skip("the exported class's __init__ takes beta1 and beta2 (groups take betas)")
+    p = [torch.nn.Parameter(torch.randn(3))]
+    with pytest.raises(ValueError, match=message):
+        make(ADAMW, p, **bad)
+    with pytest.raises(ValueError, match=message):
+        make(ADAMW, [{"params": p, **bad}])
+    opt = make(ADAMW, p)
+    with pytest.raises(ValueError, match=message):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], **bad})
+    assert len(opt.param_groups) == 1
+    make(ADAMW, p, lr=0, beta1=0, wd=-0.1)  # zero lr, no momentum, negative decay: allowed
+
+
+def test_betas_is_a_view_of_beta1_and_beta2(make):
+    p = [torch.nn.Parameter(torch.randn(3))]
+    opt = make(ADAMW, [{"params": p}, {"params": [torch.nn.Parameter(torch.randn(2))], "betas": (0.8, 0.95)}],
+               beta1=0.85)
+    g0, g1 = opt.param_groups
+    assert g0["betas"] == (0.85, 0.999) and (g1["beta1"], g1["beta2"]) == (0.8, 0.95)
+    g0["betas"] = (0.5, 0.9)
+    assert (g0["beta1"], g0["beta2"]) == (0.5, 0.9)
+    g0["beta2"] = 0.7
+    assert g0["betas"] == (0.5, 0.7)
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["betas"] == (0.5, 0.7)
+    other = make(ADAMW, [{"params": p}, {"params": [torch.nn.Parameter(torch.randn(2))]}])
+    other.load_state_dict(sd)
+    other.param_groups[1]["betas"] = (0.6, 0.9)
+    assert other.param_groups[1]["beta1"] == 0.6 and other.param_groups[0]["betas"] == (0.5, 0.7)
+    assert "betas" not in make(LION.replace("beta2", "b2"), p).defaults  # no beta2: no betas
+
+
+def test_one_cycle_lr_cycles_beta1_like_torch_adam(make):
+    """OneCycleLR(cycle_momentum=True) refused the optimizer (no 'betas' or 'momentum'). Now it
+    cycles beta1 exactly as it cycles torch.optim.AdamW's betas[0], and the trained weights agree."""
+    ours_model, ref_model = mlp(), mlp()
+    opt = make(ADAMW, ours_model.parameters(), lr=1e-2, wd=0.01)
+    ref = torch.optim.AdamW(ref_model.parameters(), lr=1e-2, weight_decay=0.01)
+    scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=20, cycle_momentum=True,
+                                                  base_momentum=0.8, max_momentum=0.95) for o in (opt, ref)]
+    seen = []
+    x, y = data()
+    for _ in range(12):
+        for model, o, s in ((ours_model, opt, scheds[0]), (ref_model, ref, scheds[1])):
+            o.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            o.step()
+            s.step()
+        seen.append(opt.param_groups[0]["beta1"])
+        assert opt.param_groups[0]["beta1"] == ref.param_groups[0]["betas"][0]
+    assert max(seen) - min(seen) > 0.1  # cycled between base_momentum and max_momentum
+    assert max_diff(ours_model, ref_model) < 1e-5
+
+
+def test_optimizers_pickle_and_torch_save_and_resume_exactly(tmp_path):
+    """pickle.dumps(to_optimizer(...)) raised "Can't pickle ... optdisco_exported_N" (the class
+    lives in a module made from text). It now pickles as the program's text plus its state, as
+    Ray and multiprocessing need; the unpickled copy continues exactly as the original."""
+    import pickle
+
+    from optdisco import library
+
+    for name in ("adamw", "soap"):
+        model = mlp()
+        opt = to_optimizer(library.load(name), model.parameters(), lr=1e-2)
+        train(model, opt, 3)
+        blob = pickle.dumps((model, opt))
+        model2, opt2 = pickle.loads(blob)
+        assert type(opt2).__name__ == type(opt).__name__ and opt2.PROGRAM == opt.PROGRAM
+        assert opt2.param_groups[0]["params"][0] is next(model2.parameters())  # shared, as pickled
+        torch.save((model, opt), tmp_path / "ckpt.pt")
+        model3, opt3 = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+        copied = copy.deepcopy((model, opt))
+        for m, o in ((model2, opt2), (model3, opt3), copied):
+            train(m, o, 3)
+        train(model, opt, 3)
+        for m, _ in ((model2, opt2), (model3, opt3), copied):
+            assert max_diff(m, model) == 0
+        if name == "adamw":
+            assert opt2.param_groups[0]["betas"] == (0.9, 0.999)
+            opt2.param_groups[0]["betas"] = (0.5, 0.9)
+            assert opt2.param_groups[0]["beta1"] == 0.5
+
+
+def test_an_exported_file_imported_as_a_module_pickles_by_reference(tmp_path, monkeypatch):
+    import pickle
+    import sys
+
+    (tmp_path / "my_adamw.py").write_text(export_python(ADAMW, class_name="MyAdamW"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_adamw", raising=False)
+    import my_adamw
+
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = my_adamw.MyAdamW([p], lr=0.1)
+    p.grad = torch.randn(4)
+    opt.step()
+    blob = pickle.dumps(opt)
+    assert b"my_adamw" in blob and b"MyAdamW" in blob
+    back = pickle.loads(blob)
+    assert type(back) is my_adamw.MyAdamW
+    torch.testing.assert_close(back.state_dict()["state"][0]["m"], opt.state[p]["m"], rtol=0, atol=0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("compile", [False, True])
 def test_cuda_parameters_match_cpu(make, compile):
@@ -597,6 +755,69 @@ def test_compile_matches_eager_and_a_scheduler_never_recompiles():
             s.step()
         torch.testing.assert_close(ours[0].detach(), ref[0].detach(), rtol=0, atol=1e-6)
     assert float(opt.state[ours[0]]["step"]) == 4
+
+
+@pytest.mark.parametrize("path", ["foreach", "per_tensor", "hoisted"])
+def test_a_step_that_leaves_w_unchanged_on_a_channels_last_parameter(path, monkeypatch):
+    """A grayscale first conv layer in channels_last (8×1×3×3, strides (9, 1, 3, 1)): its 2-D
+    view is a view of the parameter with other strides, and SOAP's first step returns that view
+    unchanged; copying it back raised "some elements of the input tensor and the written-to
+    tensor refer to a single memory location". Its second step moves w as from a contiguous
+    parameter."""
+    from optdisco import library
+
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(8, 1, 3, 3, generator=gen)
+    grads = [torch.randn(8, 1, 3, 3, generator=gen) for _ in range(2)]
+    out = []
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        p = torch.nn.Parameter(w0.clone().to(memory_format=fmt))
+        if path == "hoisted":
+            monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
+        opt = to_optimizer(library.load("soap"), [p], foreach=path == "foreach", compile=path == "hoisted")
+        for i, g in enumerate(grads):
+            p.grad = g.clone().to(memory_format=fmt)
+            opt.step()
+            if i == 0:
+                assert torch.equal(p.detach(), w0)
+        assert p.is_contiguous(memory_format=fmt)
+        out.append(p.detach().clone())
+    assert not torch.equal(out[0], w0)
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
+
+
+def test_compile_compiles_once_per_branch_and_never_recompiles(monkeypatch):
+    """SOAP's branches depend on t (the first step, ordinary steps, refresh steps every f): each
+    flip made dynamo recompile the one compiled function (and past its recompile limit of 8 it
+    would have fallen back to eager). Each (device, dtype, shape, role, branch, states) now has its
+    own compiled function, compiled once: no recompilation at any step, one graph per branch
+    combination seen, and the numbers of the eager per-tensor path (float64: in float32 the two
+    differ by rounding that SOAP's near-null directions amplify). inductor is swapped for running
+    the traced graph: what is counted is tracing, which is what a recompilation repeats."""
+    import torch._dynamo
+
+    from optdisco import library
+
+    monkeypatch.setattr(torch._dynamo, "lookup_backend", lambda name: (lambda gm, example_inputs: gm.forward))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    shapes = [(5, 5), (5,), (5, 5)]  # two parameters of one shape share their functions
+    ps = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64)) for s in shapes]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt = to_optimizer(library.load("soap"), ps, compile=True, f=2)
+    eager = to_optimizer(library.load("soap"), qs, foreach=False, f=2)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(9):
+            for p, q in zip(ps, qs):
+                p.grad = torch.randn(p.shape, dtype=torch.float64)
+                q.grad = p.grad.clone()
+            opt.step()
+            eager.step()
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-10, atol=1e-12)
+    # matrix: first step, ordinary step, refresh step; vector: first step, ordinary step
+    graphs = sum(len(records) for _, records in opt._compiled.values())
+    assert graphs == 5 and len(opt._compiled) == 5
 
 
 # -- the exported file ---------------------------------------------------------------------
