@@ -107,3 +107,51 @@ def test_objectives_are_checked_by_name():
     with pytest.raises(ValueError, match="'loss' must be one of them"):
         SearchConfig(objectives=("memory",), executor="local")
     assert SearchConfig(objectives="loss, quant", executor="local").objectives == ("loss", "quant")
+
+
+def test_report_and_export_show_the_front_with_the_library_on_the_same_axes(tmp_path, seeds, capsys):
+    from optdisco.search import Run
+    from optdisco.search.cli import main
+    from optdisco.search.front import front, table
+    from optdisco.search.report import write_report
+
+    s = Search(config(seeds), store=tmp_path / "run.db", evaluator=search_toy.quad_eval)
+    s.run()
+    s.close()
+    run = Run(tmp_path / "run.db")
+    rows = front(run)
+    assert [r["point"] for r in rows] == list(range(1, len(rows) + 1))
+    text = table(run)
+    for name in ("`sgd`", "`momentum`", "`adam`"):  # the seeds, placed beside the front
+        assert name in text
+    out = write_report(run, tmp_path / "rep")
+    assert (out / "pareto_front.png").stat().st_size > 0
+    assert "## Pareto front" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run.db"), "--front"]) == 0
+    assert capsys.readouterr().out.count("\n") >= len(rows) + 2
+    k = len(rows)
+    assert main(["export", str(tmp_path / "run.db"), "--front", "--point", str(k), "-o", str(tmp_path / "p.py")]) == 0
+    source = (tmp_path / "p.py").read_text()
+    assert rows[k - 1]["text"].splitlines()[-1] in source
+    assert main(["export", str(tmp_path / "run.db"), "--front", "--point", str(k + 1)]) == 2
+    assert f"points 1 to {k}, not {k + 1}" in capsys.readouterr().err
+
+
+def test_quant_objective_is_the_int4_over_full_precision_ratio_of_the_evaluation():
+    from optdisco.search import objectives
+    from optdisco.search.evaluator import ProxyEvaluator
+
+    ev = ProxyEvaluator(options=objectives.evaluator_options(("loss", "quant")))
+    tier = Tier("quadratic", steps=30, seeds=1, points=3)
+    out = ev(_sgd(), tier)
+    values = objectives.compute(("loss", "quant"), _sgd(), out.fitness, out.result)
+    q = out.result["quantized"]
+    assert values["quant"] == pytest.approx(float(q["int4"]) / out.fitness, rel=1e-12)
+    assert values["quant_int8"] == pytest.approx(float(q["int8"]) / out.fitness, rel=1e-12)
+
+
+def _sgd():
+    from optdisco import library
+
+    return library.load("sgd")
