@@ -26,12 +26,16 @@ LABELS = {
 
 
 def front(run: Run) -> list[dict]:
-    """The run's front, numbered: ``[{point, id, tier, values, text}, …]`` sorted by loss."""
+    """The run's front, numbered: ``[{point, id, tier, values, text, name}, …]`` sorted by loss
+    (``name``: the library program's name when the point is one of the run's seeds)."""
     objs = pareto.load(run.store)
+    seeds = [n for n, _ in run.store.get_meta("seeds", [])]
     rows = []
     for cid, point in pareto.front_points(run.state.get("front", [])):
         tier = -point[run.config.objectives.index("loss")][0]
-        rows.append(dict(id=cid, tier=tier, values=objs.get((cid, tier), {}), text=run.store.candidate(cid)["program"]))
+        c = run.store.candidate(cid)
+        name = seeds[c["proposal"]] if c["origin"] == "seed" and c["proposal"] is not None and c["proposal"] < len(seeds) else None
+        rows.append(dict(id=cid, tier=tier, values=objs.get((cid, tier), {}), text=c["program"], name=name))
     rows.sort(key=lambda r: (score_key(r["tier"], r["values"].get("loss", math.inf)), r["id"]))
     for k, r in enumerate(rows, 1):
         r["point"] = k
@@ -77,7 +81,8 @@ def table(run: Run) -> str:
     head = ["point", "candidate", "tier"] + objs + extra
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in front(run):
-        cells = [str(r["point"]), str(r["id"]), str(r["tier"])] + [_fmt(r["values"].get(k)) for k in objs + extra]
+        label = str(r["point"]) + (f" (seed `{r['name']}`)" if r["name"] else "")
+        cells = [label, str(r["id"]), str(r["tier"])] + [_fmt(r["values"].get(k)) for k in objs + extra]
         lines.append("| " + " | ".join(cells) + " |")
     last = len(run.config.tiers) - 1
     for r in library_points(run):
