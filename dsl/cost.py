@@ -6,7 +6,8 @@ one extra pass for each value that cannot be fused:
 
 - **bytes**: ``w``, ``g`` (and ``hess_diag``) read once, ``w`` written once, each state the
   parameter's routing reaches read once and written once at its storage size (float32: 4 bytes
-  per element; 8-bit: 1 byte plus a 4-byte absmax per 256); a reduction, normalization or
+  per element; 8-bit: 1 byte plus a 4-byte absmax per 256, plus the runtime's unfused decode
+  and re-encode, :data:`QUANT_BYTES` and :data:`QUANT_FLOPS` per element); a reduction, normalization or
   matrix operation reads its tensor operands again, and its tensor result is written and read
   back (``orthogonalize`` with ``k`` steps: ``3k`` such passes);
 - **flops**: one per element for each elementwise operation (``ema`` and ``lerp`` 3, ``clip``
@@ -33,6 +34,11 @@ from .program import Assign, BinOp, Call, Name, Num, Program, Unary, names_in
 from .runtime import Q_BLOCK, Q_MIN_NUMEL
 
 FLOPS = {"ema": 3, "lerp": 3, "clip": 2}
+QUANT_BYTES = 40
+QUANT_FLOPS = 20
+"""Per element of an 8-bit state, on top of its codes: the runtime decodes and re-encodes it
+unfused (a float copy, block absmax, normalized values, a code-book search over 256 codes and
+the int64 indices): about ten 4-byte passes and twenty operations."""
 MATRIX_FACTOR = 10
 """Flops of an eigendecomposition, QR, SVD or matrix power of size n, in units of n³."""
 
@@ -137,8 +143,11 @@ def _param_cost(program: Program, info, shape, role) -> tuple[float, float]:
         if s.name not in need:
             continue
         n = _size(info.state_types[s.name].shape, rows, cols)
-        per = (1 + 4 / Q_BLOCK) if s.storage != "float" and n >= Q_MIN_NUMEL else 4
-        moved += 2 * per * n
+        if s.storage != "float" and n >= Q_MIN_NUMEL:
+            moved += 2 * (1 + 4 / Q_BLOCK) * n + QUANT_BYTES * n
+            flops += QUANT_FLOPS * n
+        else:
+            moved += 2 * 4 * n
     return moved, flops
 
 
