@@ -155,3 +155,49 @@ def _sgd():
     from optdisco import library
 
     return library.load("sgd")
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_front(tmp_path, seeds):
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import textwrap
+    import time
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    db = tmp_path / "killed.db"
+    script = tmp_path / "drive.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tests)!r})
+        import search_toy
+        from optdisco.search import Search, SearchConfig, Tier
+        tiers = [Tier("quadratic", steps=15), Tier("quadratic", steps=40, promote=0.3)]
+        cfg = SearchConfig(budget=40, executor="local", workers=1, seed=3, seed_programs={seeds!r}, tiers=tiers,
+                           population=10, tournament=3, objectives=("loss", "memory"))
+        Search(cfg, store={str(db)!r}, evaluator=search_toy.Logged({str(tmp_path / 'log')!r}, delay=0.05)).run()
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline, done = time.time() + 120, 0
+    while time.time() < deadline and done < 15:
+        if db.exists():
+            try:
+                con = sqlite3.connect(str(db))
+                done = con.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+                con.close()
+            except sqlite3.OperationalError:
+                done = 0
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 15 <= done < 40
+    resumed = Search.resume(db, evaluator=search_toy.quad_eval)
+    resumed.run()
+    ref = Search(config(seeds), store=tmp_path / "ref.db", evaluator=search_toy.quad_eval)
+    ref.run()
+    assert resumed.state["front"] == ref.state["front"]
+    assert pareto.load(resumed.store) == pareto.load(ref.store)
