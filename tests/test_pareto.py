@@ -109,6 +109,16 @@ def test_objectives_are_checked_by_name():
     assert SearchConfig(objectives="loss, quant", executor="local").objectives == ("loss", "quant")
 
 
+def test_objectives_from_a_toml_file(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('objectives = ["loss", "memory", "cost"]\nexecutor = "local"\n')
+    assert SearchConfig.from_toml(good).objectives == ("loss", "memory", "cost")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('objectives = ["loss", "speed"]\n')
+    with pytest.raises(ValueError, match=r"bad\.toml: search config: objectives: unknown \['speed'\]"):
+        SearchConfig.from_toml(bad)
+
+
 def test_report_and_export_show_the_front_with_the_library_on_the_same_axes(tmp_path, seeds, capsys):
     from optdisco.search import Run
     from optdisco.search.cli import main
