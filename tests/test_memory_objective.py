@@ -2,7 +2,6 @@
 allocates: for every library program, the ``nbytes`` of every tensor in ``opt.state`` after one
 step on the reference model's parameters, summed and divided by the parameter elements."""
 
-import math
 
 import pytest
 import torch
