@@ -41,6 +41,7 @@ from optdisco.dsl import Program, compile_program
 from optdisco.dsl import resolve_program as _resolve_program
 
 from . import grid as grid_mod
+from . import quantize as quantize_mod
 from .hessian import EPS
 from .result import WORST, Member, Result
 from .runner import BLOWUP, MembersDisagree, Run, run_members
@@ -131,6 +132,7 @@ def evaluate(
     curve_points: int = CURVE_POINTS,
     hess_eps: float = EPS,
     threads: int | None = 1,
+    quantize: Sequence[str] = (),
 ) -> Result:
     """Evaluate ``program`` on ``task`` with the standard protocol (module docstring); see ``Result``.
 
@@ -141,6 +143,9 @@ def evaluate(
     torch's CPU threads for the call, restored after (default 1: the proxies' tensors are too small
     to gain from more — on the 2-core machine two threads made the mlp evaluation 10× slower under
     load — and parallel workers share the cores); ``None`` leaves torch's setting alone.
+    ``quantize`` (formats of ``evaluate.quantize``, e.g. ``("int8", "int4")``) also measures each
+    member's held-out loss with its trained weights quantized (``Member.quantized_loss``,
+    ``Result.quantized``).
     """
     if threads is not None and threads != torch.get_num_threads():
         with cpu_threads(threads):
@@ -148,7 +153,7 @@ def evaluate(
                 program, task, steps, lrs, seeds, size=size, points=points, decades=decades, extend=extend,
                 hyper=hyper, time_limit=time_limit, schedule=schedule, blowup=blowup, eval_every=eval_every,
                 max_members=max_members, device=device, dtype=dtype, curve_points=curve_points,
-                hess_eps=hess_eps, threads=None,
+                hess_eps=hess_eps, threads=None, quantize=quantize,
             )
     start = time.perf_counter()
     deadline = None if time_limit is None else start + float(time_limit)
@@ -178,6 +183,9 @@ def evaluate(
         if len(set(grid)) != len(grid):
             raise ValueError(f"learning rates must be distinct, got {list(lrs)}")
 
+    quantize = tuple(quantize)
+    for fmt in quantize:
+        quantize_mod.levels(fmt)  # an unknown format is refused before anything runs
     tuned = {k: v for k, v in sorted(prog.tuned.items()) if k not in hyper}
     trial_values: dict[float, dict[str, float]] = latin_hypercube(grid, tuned)
     members: dict[tuple[float, int], Member] = {}
@@ -198,6 +206,7 @@ def evaluate(
                     groups.setdefault(p[0], []).append(p)
                 runs = [(g, _run(g)) for g in groups.values()]
             for b, r in runs:
+                quantized = _quantized_losses(task, r, [p[1] for p in b], quantize)
                 member_steps += r.member_steps
                 if r.eval_steps and len(r.eval_steps) > len(eval_steps):
                     eval_steps = list(r.eval_steps)
@@ -207,6 +216,7 @@ def evaluate(
                         lr=lr, seed=s, final_loss=r.final[i], failed_step=r.failed_step[i], reason=r.reason[i],
                         train_curve=_window_means(curve, edges),
                         eval_curve=[row[i] for row in r.evals],
+                        quantized_loss={} if r.reason[i] is not None else {f: v[i] for f, v in quantized.items()},
                     )
 
     def _run(batch: list[tuple[float, int]]) -> Run:
@@ -276,7 +286,22 @@ def evaluate(
         member_steps=member_steps, schedule=schedule.to_dict(), hyper=hyper, device=device,
         trials={n: [trial_values[lr][n] for lr in grid] for n in tuned},
         best_hyper={} if best is None else dict(trial_values[grid[best]]) if tuned else {},
+        quantized={} if best is None else {
+            f: _median([members[(grid[best], s)].quantized_loss.get(f, WORST) for s in seeds]) for f in quantize},
     )
+
+
+def _quantized_losses(task, r: Run, seeds: list[int], formats: tuple[str, ...]) -> dict[str, list[float]]:
+    """Each member's held-out loss with its final weights quantized in each format
+    (``evaluate.quantize``); NaN or inf for members that did not finish."""
+    out = {}
+    if not formats or not r.params:
+        return out
+    with torch.no_grad():
+        for fmt in formats:
+            vals = task.eval_loss(quantize_mod.quantize_members(r.params, fmt), seeds)
+            out[fmt] = [v if math.isfinite(v) else WORST for v in vals.detach().to("cpu", torch.float64).tolist()]
+    return out
 
 
 def latin_hypercube(lrs: list[float], tuned: dict[str, tuple[float, float]]) -> dict[float, dict[str, float]]:

@@ -46,7 +46,9 @@ class Member:
     ``failed_step`` and ``reason`` say when and why a member was stopped (``None`` if it finished).
     ``train_curve`` holds the training loss averaged over the steps of each window ending at the
     evaluation's ``curve_steps`` (``nan`` after a failure); ``eval_curve`` the held-out loss at the
-    evaluation's ``eval_steps`` (empty unless ``eval_every`` was asked for).
+    evaluation's ``eval_steps`` (empty unless ``eval_every`` was asked for). ``quantized_loss``
+    maps a quantization format to the held-out loss of the member's quantized final weights
+    (``evaluate.quantize``; empty unless asked for, or if the member failed).
     """
 
     lr: float
@@ -56,6 +58,7 @@ class Member:
     reason: str | None = None
     train_curve: list[float] = field(default_factory=list)
     eval_curve: list[float] = field(default_factory=list)
+    quantized_loss: dict = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -71,6 +74,7 @@ class Member:
             failed_step=d.get("failed_step"), reason=d.get("reason"),
             train_curve=[float(v) for v in _dec_float(d.get("train_curve", []))],
             eval_curve=[float(v) for v in _dec_float(d.get("eval_curve", []))],
+            quantized_loss={k: float(_dec_float(v)) for k, v in d.get("quantized_loss", {}).items()},
         )
 
 
@@ -89,6 +93,8 @@ class Result:
     - ``trials``: for a program that declares tuned hyperparameters, each one's value at each
       learning rate of ``lrs`` (``{name: [value per lr]}``); ``best_hyper`` their values at
       ``best_lr`` (both empty otherwise).
+    - ``quantized``: for each quantization format asked for, the held-out loss of the best
+      learning rate's members with their weights quantized, median over seeds.
     """
 
     program: str
@@ -113,6 +119,7 @@ class Result:
     device: str = "cpu"
     trials: dict = field(default_factory=dict)
     best_hyper: dict = field(default_factory=dict)
+    quantized: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------- views
     @property
@@ -162,6 +169,7 @@ class Result:
         kw["fitness"] = float(_dec_float(d["fitness"]))
         kw["best_lr"] = None if d.get("best_lr") is None else float(_dec_float(d["best_lr"]))
         kw["seeds"] = [int(s) for s in d["seeds"]]
+        kw["quantized"] = {k: float(_dec_float(v)) for k, v in d.get("quantized", {}).items()}
         return cls(**kw)
 
     def outcome(self) -> dict:

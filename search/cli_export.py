@@ -37,8 +37,9 @@ def _is_run_store(path: Path) -> bool:
         return False
 
 
-def _load(spec: str, rank: int = 1):
-    """A program from a run store (the one at ``rank``), a .opt file path or a library name."""
+def _load(spec: str, rank: int = 1, point: int | None = None):
+    """A program from a run store (the one at ``rank``, or point ``point`` of its Pareto
+    front), a .opt file path or a library name."""
     path = Path(spec)
     if _is_run_store(path):
         if not path.is_file():
@@ -47,6 +48,12 @@ def _load(spec: str, rank: int = 1):
 
         run = Run(path)
         try:
+            if point is not None:
+                from optdisco.dsl import parse
+
+                from .front import front_point
+
+                return parse(front_point(run, point)["text"]), f"DiscoveredOptimizerFront{point}"
             program = run.ranked(rank)["program"]
         finally:
             run.close()
@@ -60,9 +67,36 @@ def _load(spec: str, rank: int = 1):
     return library.load(spec), spec
 
 
-def run_export(args: argparse.Namespace) -> int:
+def _list_front(spec: str) -> int:
+    """Print the front's points (``--front`` without ``--point``)."""
+    from .front import table
+    from .run import Run
+
+    path = Path(spec)
+    if not (_is_run_store(path) and path.is_file()):
+        print(f"optdisco export: --front needs a run store, got {spec}", file=sys.stderr)
+        return 2
+    run = Run(path)
     try:
-        program, stem = _load(args.program, args.rank)
+        if not run.state.get("front"):
+            print(f"optdisco export: {spec} has no Pareto front (a run with --objectives loss,memory|cost|quant keeps one)",
+                  file=sys.stderr)
+            return 2
+        print(table(run))
+    finally:
+        run.close()
+    print(f"\nexport a point with: optdisco export {spec} --front --point K -o found.py", file=sys.stderr)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if args.point is not None and not args.front:
+        print("optdisco export: --point needs --front", file=sys.stderr)
+        return 2
+    if args.front and args.point is None:
+        return _list_front(args.program)
+    try:
+        program, stem = _load(args.program, args.rank, args.point)
         class_name = args.class_name or _class_name(stem, program)
         source = export_python(program, class_name=class_name)
     except (DSLError, FileNotFoundError, ValueError) as e:
@@ -90,6 +124,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("program", help="library name (see `optdisco library`), a .opt file, or a search's run store (.db)")
     p.add_argument("--rank", type=int, default=1, help="with a run store: the program at this rank (1 = best)")
+    p.add_argument("--front", action="store_true",
+                   help="with a run store: list the points of its Pareto front (with --point K: export point K)")
+    p.add_argument("--point", type=int, metavar="K", help="with --front: the front's point K (1 = lowest loss)")
     p.add_argument("-o", "--output", help="file to write (default: standard output)")
     p.add_argument("--class-name", help="name of the optimizer class (default: from the program's name)")
     p.set_defaults(func=run_export)

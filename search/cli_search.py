@@ -31,6 +31,8 @@ def register(sub) -> None:
     p.add_argument("--strategy", choices=STRATEGIES, help="evolution (default) or random (the random-search baseline)")
     p.add_argument("--validate-top", type=int, metavar="K",
                    help="at the end, simplify the K best programs and validate them on the held-out suite (default 0)")
+    p.add_argument("--objectives", metavar="NAME,…",
+                   help="what selection optimizes: loss (default) with any of memory, cost, quant (a Pareto front)")
     p.add_argument("--seed-programs", metavar="NAME,…", help="library programs (or .opt files) to start from; 'all' for every one")
     p.add_argument("--resume", metavar="PATH", help="continue the run in this store where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -42,7 +44,7 @@ def _config(args) -> SearchConfig:
     flags = dict(budget=args.budget, workers=args.workers, executor=args.executor, address=args.address,
                  seed=args.seed, task=args.task, seed_programs=args.seed_programs, suite=args.suite,
                  heldout=args.heldout, heldout_every=args.heldout_every, strategy=args.strategy,
-                 validate_top=args.validate_top)
+                 validate_top=args.validate_top, objectives=args.objectives)
     flags = {k: v for k, v in flags.items() if v is not None}
     if args.config:
         return SearchConfig.from_toml(args.config, **flags)
@@ -77,7 +79,7 @@ def cmd_search(args) -> int:
     try:
         if args.resume:
             if (args.config or args.seed is not None or args.task or args.seed_programs or args.store or args.suite
-                    or args.heldout or args.strategy):
+                    or args.heldout or args.strategy or args.objectives):
                 print("optdisco search: with --resume only --budget, --workers, --executor, --address, --heldout-every "
                       "and --validate-top may change",
                       file=sys.stderr)

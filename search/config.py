@@ -165,6 +165,9 @@ class SearchConfig:
     the best programs so far and the seeds (0: never; ignored by the random strategy).
     max_retries: resubmissions of an evaluation whose worker died.
     mutation_weights: relative frequency of each mutation operator.
+    objectives: what selection optimizes (``optdisco.search.objectives``: ``loss``, ``memory``,
+    ``cost``, ``quant``); with more than ``loss`` alone, parents are chosen by non-dominated
+    rank and crowding (``optdisco.search.pareto``) and the run keeps a Pareto front.
     """
 
     budget: int = 100
@@ -191,6 +194,7 @@ class SearchConfig:
     mutation_weights: dict[str, float] | None = None
     gpus_per_eval: float | None = None
     attempts_per_proposal: int = 50
+    objectives: tuple[str, ...] = ("loss",)
 
     def __post_init__(self):
         if isinstance(self.seed_programs, str):
@@ -206,6 +210,12 @@ class SearchConfig:
         if self.tiers is None:
             self.tiers = default_tiers(self.task, self.suite)
         self.tiers = tuple(t if isinstance(t, Tier) else Tier.from_dict(t) for t in self.tiers)
+        from .objectives import parse_objectives
+
+        try:
+            self.objectives = parse_objectives(self.objectives)
+        except ValueError as e:
+            raise ValueError(f"search config: {e}") from None
         self.validate()
 
     def validate(self) -> None:
@@ -250,7 +260,7 @@ class SearchConfig:
                     t[key] = list(t[key])
             if t["references"] is not None:
                 t["references"] = [list(x) for x in t["references"]]
-        for key in ("seed_programs", "suite", "heldout", "validate_baselines"):
+        for key in ("seed_programs", "suite", "heldout", "validate_baselines", "objectives"):
             if d[key] is not None:
                 d[key] = list(d[key])
         return d

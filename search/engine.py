@@ -42,6 +42,7 @@ from optdisco.dsl import Program, fingerprint, parse
 from .config import SearchConfig
 from .evaluator import HELDOUT, REFERENCE, SEARCH, Job, ProxyEvaluator
 from .executors import Finished, make_executor
+from . import objectives, pareto
 from .mutation import mutate
 from .screen import screen
 from .store import RunStore
@@ -142,8 +143,16 @@ class Search:
                 RunStore.set_meta(c, "created", time.time()),
                 RunStore.set_meta(c, "state", _fresh_state()),
             ))
-        self.evaluator = evaluator or ProxyEvaluator()
+        self._multi = len(self.config.objectives) > 1
+        if evaluator is None:
+            evaluator = ProxyEvaluator(options=objectives.evaluator_options(self.config.objectives))
+        self.evaluator = evaluator
         self.state = self.store.get_meta("state")
+        self._objectives: dict[tuple[int, int], dict] = {}
+        if self._multi:
+            pareto.ensure_table(self.store)
+            self._objectives = pareto.load(self.store)
+            self.state.setdefault("front", [])
         self._programs: dict[int, Program] = {}
         self._seeds = [tuple(x) for x in self.store.get_meta("seeds", [])]
         self.on_progress: Callable[[Progress], None] | None = None
@@ -188,12 +197,23 @@ class Search:
         pop = self.state["population"]
         k = min(self.config.tournament, len(pop))
         picks = rng.sample(range(len(pop)), k)
-        best = min(picks, key=lambda i: (score_key(pop[i][1], pop[i][2]), i))
+        if self._multi:  # NSGA-II's order over the population: non-dominated rank, then crowding
+            order = pareto.selection_order([self._point(cid, tier) for cid, tier, _ in pop])
+            best = min(picks, key=lambda i: (order[i], i))
+        else:
+            best = min(picks, key=lambda i: (score_key(pop[i][1], pop[i][2]), i))
         return pop[best][0]
+
+    def _point(self, cid: int, tier: int) -> tuple:
+        """A candidate's objectives on ``tier`` as a point for dominance (``pareto.key``)."""
+        values = self._objectives.get((cid, tier), {"loss": math.inf})
+        return pareto.key(values, tier, self.config.objectives)
 
     def _join_population(self, cid: int, tier: int, fitness: float) -> None:
         st = self.state
         st["population"].append([cid, tier, fitness])
+        if self._multi:
+            st["front"], _ = pareto.front_update(st["front"], cid, self._point(cid, tier))
         while len(st["population"]) > self.config.population:
             st["population"].pop(0)
         best = st.get("best")
@@ -291,7 +311,13 @@ class Search:
         rows = c.execute("SELECT fitness FROM evaluations WHERE tier = ? AND fitness IS NOT NULL", (tier,)).fetchall()
         finite = sorted(r[0] for r in rows if r[0] is not None and math.isfinite(r[0]))
         rank = sum(1 for f in finite if f < fitness) + 1
-        return rank <= math.ceil(tiers[tier + 1].promote * len(finite))
+        if rank <= math.ceil(tiers[tier + 1].promote * len(finite)):
+            return True
+        if self._multi:  # also moves on when nothing evaluated on this tier dominates it there
+            mine = self._point(cid, tier)
+            return pareto.finite(mine) and not any(
+                pareto.dominates(self._point(other, t), mine) for (other, t) in self._objectives if t == tier)
+        return False
 
     def _record(self, f: Finished) -> Job | None:
         """Record one finished job; returns a job to resubmit or to run next (promotion)."""
@@ -325,6 +351,10 @@ class Search:
                                     error=out.error, attempts=job.attempt)
             st["evaluations"] += 1
             st["pending"] = [p for p in st["pending"] if p != entry]
+            if self._multi:
+                values = objectives.compute(self.config.objectives, job.program, out.fitness, out.result)
+                pareto.record(c, job.candidate, job.tier_index, values)
+                self._objectives[(job.candidate, job.tier_index)] = values
             if self._promote(c, job.candidate, job.tier_index, out.fitness, cand["origin"]):
                 RunStore.finish_candidate(c, job.candidate, status="promoted", tier_reached=job.tier_index,
                                           fitness=out.fitness)

@@ -98,7 +98,9 @@ def evaluate_baselines(run: Run, names: list[str], evaluator: Callable | None = 
 
     from .evaluator import Job, ProxyEvaluator, run_job
 
-    evaluator = evaluator or ProxyEvaluator()
+    from .objectives import evaluator_options
+
+    evaluator = evaluator or ProxyEvaluator(options=evaluator_options(run.config.objectives))
     last = len(run.config.tiers) - 1
     tier = run.tier(last)
     have = {c["detail"] for c in run.store.candidates("origin = 'baseline'")}
@@ -232,7 +234,12 @@ def write_report(run: Run, out: str | Path | None = None, top: int = 5) -> Path:
         fig.tight_layout()
         fig.savefig(out / "meta_validation.png", dpi=110)
         plt.close(fig)
-    (out / "report.md").write_text(_markdown(run, stats, best, base) + _heldout_markdown(run, meta))
+    text = _markdown(run, stats, best, base) + _heldout_markdown(run, meta)
+    if len(cfg.objectives) > 1:  # the Pareto front, its plot and table (optdisco.search.front)
+        from .front import markdown as front_markdown
+
+        text += front_markdown(run, out)
+    (out / "report.md").write_text(text)
     return out
 
 

@@ -1,0 +1,135 @@
+"""Optimizer state memory computed from a program, without running it: the memory objective.
+
+For each parameter of a model the bytes of state are summed over the states its routing can
+reach (if-conditions on the parameter's shape and role decided, others counting both branches,
+closed over the states' initialisers — the rule the exported optimizer allocates by), each state
+at its symbolic shape (``r×c``, ``r×1``, ``1×c``, ``r×r``, ``c×c``, ``1×1`` of the parameter's
+2-D view) and storage:
+
+- ``float``: ``numel × element size`` of the parameter's dtype;
+- ``q8``/``uq8``: one byte per element plus one absmax per block of 256 elements (in the
+  parameter's dtype); a state with fewer than 4096 elements is kept unquantized, as
+  bitsandbytes keeps small tensors (``optdisco.dsl.runtime.Q_BLOCK``, ``Q_MIN_NUMEL``);
+
+plus a float32 step counter (4 bytes) for a parameter whose routing reads ``t``.
+
+The memory objective is the total over a stated reference model divided by its number of
+parameter elements: :data:`REFERENCE_MODEL`, the shapes of a small byte-level GPT (vocabulary
+256, width 128, two blocks with a 4× MLP, untied head; 460,416 elements in 17 tensors), float32. It mixes
+embedding, hidden, head and vector parameters, matrices above and below the 8-bit size
+threshold, so routing (Muon's rule only for hidden matrices), factored states (Adafactor) and
+quantized states all count. ``tests/test_memory_objective.py`` checks the figure against the
+bytes of the ``state`` an exported optimizer holds after a step, for every library program.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .checker import check
+from .compiler import _static_value, _Unknown, view_shape
+from .program import Assign, Name, Program, names_in, walk_exprs
+from .runtime import Q_BLOCK, Q_MIN_NUMEL
+
+SHAPE_INPUTS = ("rows", "cols", "ndim", "numel", "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
+STEP_BYTES = 4
+"""The exported optimizer's step counter: a float32 scalar per parameter that reads ``t``."""
+
+
+def _gpt(vocab: int = 256, width: int = 128, blocks: int = 2, mlp: int = 4) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    out = [("embed", (vocab, width), "embedding")]
+    for b in range(blocks):
+        out += [
+            (f"block{b}.norm1", (width,), "vector"),
+            (f"block{b}.qkv", (3 * width, width), "hidden"),
+            (f"block{b}.proj", (width, width), "hidden"),
+            (f"block{b}.norm2", (width,), "vector"),
+            (f"block{b}.up", (mlp * width, width), "hidden"),
+            (f"block{b}.up_bias", (mlp * width,), "vector"),
+            (f"block{b}.down", (width, mlp * width), "hidden"),
+        ]
+    out += [("norm", (width,), "vector"), ("head", (vocab, width), "head")]
+    return tuple(out)
+
+
+REFERENCE_MODEL = _gpt()
+"""(name, shape, role) of each parameter of the reference model the memory objective is
+stated for: a byte-level GPT, vocabulary 256, width 128, two blocks, 4× MLP, untied head."""
+
+
+def reached_states(program: Program, shape: tuple[int, ...], role: str) -> set[str]:
+    """The states (and ``"t"`` when the step count is read) that a parameter of ``shape`` and
+    ``role`` can reach; other states are never allocated for it."""
+    rows, cols = view_shape(tuple(shape))
+    ndim = len(shape)
+    is_matrix = ndim >= 2
+    env = dict(zip(SHAPE_INPUTS, (rows, cols, ndim, rows * cols, is_matrix, not is_matrix, role == "embedding",
+                                  role == "head", is_matrix and role == "hidden")))
+    states = {s.name for s in program.states} | {"t"}
+    need: set[str] = set()
+
+    def walk(body):
+        for st in body:
+            if isinstance(st, Assign):
+                need.update((names_in(st.value) | {st.target}) & states)
+                continue
+            decided = None
+            if names_in(st.cond) <= set(SHAPE_INPUTS):
+                try:
+                    decided = bool(_static_value(st.cond, env))
+                except _Unknown:
+                    decided = None
+            if decided is None:
+                need.update(names_in(st.cond) & states)
+                walk(st.then)
+                walk(st.orelse)
+            else:
+                walk(st.then if decided else st.orelse)
+
+    walk(program.body)
+    deps = {s.name: names_in(s.init) & states for s in program.states}
+    deps["t"] = set()
+    todo = list(need)
+    while todo:
+        for d in deps[todo.pop()]:
+            if d not in need:
+                need.add(d)
+                todo.append(d)
+    return need
+
+
+def _numel(sym: tuple[str, str], rows: int, cols: int) -> int:
+    size = {"1": 1, "r": rows, "c": cols}
+    return size[sym[0]] * size[sym[1]]
+
+
+def param_state_bytes(program: Program, shape: tuple[int, ...], role: str, element_size: int = 4) -> int:
+    """Bytes of optimizer state for one parameter of ``shape`` and ``role`` (module docstring)."""
+    info = check(program)
+    rows, cols = view_shape(tuple(shape))
+    need = reached_states(program, shape, role)
+    total = 0
+    for s in program.states:
+        if s.name not in need:
+            continue
+        n = _numel(info.state_types[s.name].shape, rows, cols)
+        if s.storage != "float" and n >= Q_MIN_NUMEL:
+            total += n + math.ceil(n / Q_BLOCK) * element_size
+        else:
+            total += n * element_size
+    reads_t = any(isinstance(e, Name) and e.id == "t" for e in walk_exprs(program))
+    if reads_t and "t" in need:
+        total += STEP_BYTES
+    return total
+
+
+def state_bytes(program: Program, model=REFERENCE_MODEL, element_size: int = 4) -> float:
+    """Bytes of optimizer state per parameter element over ``model`` ((name, shape, role)
+    triples; default :data:`REFERENCE_MODEL`): the memory objective."""
+    total = sum(param_state_bytes(program, shape, role, element_size) for _, shape, role in model)
+    elements = sum(math.prod(shape) for _, shape, _ in model)
+    return total / elements
+
+
+def model_elements(model=REFERENCE_MODEL) -> int:
+    return sum(math.prod(shape) for _, shape, _ in model)
