@@ -15,6 +15,9 @@ seed spread / AdamW's, verdict). Both stores live in ``--dir``; rerunning the co
 whatever was not finished (``--resume`` semantics), so the benchmark may span sessions.
 
     python benchmarks/discover.py [--budget 600] [--workers 2] [--dir discover-runs]
+    # or one process per strategy, in parallel:
+    python benchmarks/discover.py --strategies evolution --executor local --workers 1 &
+    python benchmarks/discover.py --strategies random --executor local --workers 1
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ def run_search(path: Path, strategy: str, args) -> "object":
         if done >= args.budget and Run(path).stats()["finished"]:
             print(f"{strategy}: {path} already holds {done} evaluations", file=sys.stderr)
             return Run(path)
-        search = Search.resume(path, budget=args.budget, workers=args.workers)
+        search = Search.resume(path, budget=args.budget, workers=args.workers, executor=args.executor)
     else:
-        cfg = SearchConfig(budget=args.budget, workers=args.workers, seed=args.seed, strategy=strategy,
+        cfg = SearchConfig(budget=args.budget, workers=args.workers, executor=args.executor, seed=args.seed,
+                           strategy=strategy,
                            seed_programs=tuple(args.seeds.split(",")), heldout_every=args.heldout_every,
                            finalists=2, population=args.population, tournament=args.tournament)
         search = Search(cfg, store=path)
@@ -65,6 +69,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=int, default=600)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--executor", default="ray", choices=("ray", "local"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", default=",".join(SEEDS), help="seed programs (library names)")
     ap.add_argument("--population", type=int, default=32)
