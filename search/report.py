@@ -45,6 +45,8 @@ def extract_curve(result: dict | None) -> tuple[list[float], list[float]] | None
     (a list, a list per member — averaged — or ``{"steps": [...], "loss": [...]}``)."""
     if not isinstance(result, dict):
         return None
+    if isinstance(result.get("tasks"), dict) and result["tasks"]:  # a suite: its first task's curve
+        return extract_curve(next(iter(result["tasks"].values())))
     keys = sorted((k for k in result if "curve" in k.lower()), key=lambda k: ("best" not in k, "heldout" not in k, k))
     for k in keys:
         c = _as_curve(result[k])
@@ -210,7 +212,9 @@ def write_report(run: Run, out: str | Path | None = None, top: int = 5) -> Path:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
-    ax.set_title(f"loss curves on {cfg.tiers[last].label()}")
+    t_last = cfg.tiers[last]
+    ax.set_title(f"training loss on {t_last.task_names[0]} (first task of the suite)" if t_last.is_suite
+                 else f"loss curves on {t_last.label()}", fontsize=9)
     if drawn:
         ax.legend(fontsize=7)
     else:
