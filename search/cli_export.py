@@ -38,7 +38,8 @@ def _is_run_store(path: Path) -> bool:
 
 
 def _load(spec: str, rank: int = 1):
-    """A program from a run store (the one at ``rank``), a .opt file path or a library name."""
+    """A program from a run store (the one at ``rank``), a .opt file path or a library name, with
+    the stem of its class name and, from a run store, the context it was tuned in (else None)."""
     path = Path(spec)
     if _is_run_store(path):
         if not path.is_file():
@@ -47,24 +48,26 @@ def _load(spec: str, rank: int = 1):
 
         run = Run(path)
         try:
-            program = run.ranked(rank)["program"]
+            row = run.ranked(rank)
         finally:
             run.close()
-        return program, "DiscoveredOptimizer" if rank == 1 else f"DiscoveredOptimizer{rank}"
+        return row["program"], "DiscoveredOptimizer" if rank == 1 else f"DiscoveredOptimizer{rank}", row["context"]
     if path.suffix == ".opt" or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"no such program file: {spec}")
-        return parse_file(path), path.stem
+        return parse_file(path), path.stem, None
     from optdisco import library
 
-    return library.load(spec), spec
+    return library.load(spec), spec, None
 
 
 def run_export(args: argparse.Namespace) -> int:
     try:
-        program, stem = _load(args.program, args.rank)
+        from .context import describe, export_context
+
+        program, stem, context = _load(args.program, args.rank)
         class_name = args.class_name or _class_name(stem, program)
-        source = export_python(program, class_name=class_name)
+        source = export_python(program, class_name=class_name, tuned=export_context(context))
     except (DSLError, FileNotFoundError, ValueError) as e:
         print(f"optdisco export: {e}", file=sys.stderr)
         return 2
@@ -77,6 +80,9 @@ def run_export(args: argparse.Namespace) -> int:
         out = Path(args.output)
         out.write_text(source)
         print(f"wrote {out} (class {class_name}: from {out.stem} import {class_name})", file=sys.stderr)
+    if context:
+        sched = ", lr_schedule(opt) gives its schedule" if context.get("schedule") else ""
+        print(f"defaults are the tuned values: {describe(context)}{sched}", file=sys.stderr)
     return 0
 
 

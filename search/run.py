@@ -50,7 +50,9 @@ class Run:
     def best(self, k: int = 1, tier: int | None = None) -> list[dict]:
         """The ``k`` best distinct evaluated candidates, best first (later tier, then lower
         fitness; see :mod:`optdisco.search.engine`), each a dict with ``id``, ``fitness``,
-        ``tier_reached``, ``program`` (a Program), ``text``, ``mutation``, ``parents``, ``origin``."""
+        ``tier_reached``, ``program`` (a Program), ``text``, ``mutation``, ``parents``, ``origin``,
+        and ``context``: the tuned LR, schedule and steps its fitness was measured with (see
+        :func:`optdisco.search.context.tuned_context`; ``None`` if the evaluator tuned nothing)."""
         rows = self.store.candidates("origin NOT IN ('duplicate', 'baseline') AND tier_reached >= 0 AND fitness IS NOT NULL")
         if tier is not None:
             rows = [r for r in rows if r["tier_reached"] == tier]
@@ -61,6 +63,7 @@ class Run:
             d = dict(r)
             d["text"] = r["program"]
             d["program"] = parse(r["program"])
+            d["context"] = self.context(r["id"], r["tier_reached"])
             out.append(d)
         return out
 
@@ -93,6 +96,19 @@ class Run:
         """The evaluator's details (curves, best LR…) of a candidate's highest-tier evaluation."""
         evs = self.store.evaluations(cid)
         return evs[-1]["result"] if evs else None
+
+    def context(self, cid: int, tier: int | None = None) -> dict | None:
+        """The tuned context of a candidate's evaluation on ``tier`` (default: its highest)."""
+        from .context import tuned_context
+
+        evs = self.store.evaluations(cid)
+        if tier is not None:
+            evs = [e for e in evs if e["tier"] == tier]
+        if not evs:
+            return None
+        e = evs[-1]
+        t = self.config.tiers[e["tier"]] if 0 <= e["tier"] < len(self.config.tiers) else None
+        return tuned_context(e["result"], t)
 
     def lineage(self, cid: int, depth: int = 50) -> list[dict]:
         """The candidate and its first parents back to a seed: ``[{id, mutation, detail, fitness,
