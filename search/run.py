@@ -19,8 +19,11 @@ from .store import RunStore
 
 
 class Run:
-    def __init__(self, path: str | Path):
-        self.store = RunStore(path, create=False)
+    def __init__(self, path: str | Path, writable: bool = False):
+        """Open the run at ``path`` read-only (nothing in the file changes), or ``writable`` for
+        commands that record more (simplify, report baselines). A file that is not a run store is
+        refused unchanged (:class:`~optdisco.search.store.StoreError`)."""
+        self.store = RunStore(path, create=False, readonly=not writable)
         saved = self.store.get_meta("config")
         if saved is None:
             raise ValueError(f"{path} is not a search run store (no config)")
