@@ -22,7 +22,7 @@ def cmd_report(args) -> int:
     from .run import Run
 
     try:
-        run = Run(args.store)
+        run = Run(args.store, writable=bool(args.baselines))
     except (FileNotFoundError, ValueError) as e:
         print(f"optdisco report: {e}", file=sys.stderr)
         return 2

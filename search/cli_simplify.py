@@ -34,7 +34,7 @@ def cmd_simplify(args) -> int:
     from .store import RunStore
 
     try:
-        run = Run(args.store)
+        run = Run(args.store, writable=True)
     except (FileNotFoundError, ValueError) as e:
         print(f"optdisco simplify: {e}", file=sys.stderr)
         return 2
