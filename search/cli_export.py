@@ -13,8 +13,6 @@ import re
 import sys
 from pathlib import Path
 
-from optdisco.dsl import DSLError, export_python, parse_file
-
 
 def _class_name(stem: str, program=None) -> str:
     """A class name for ``stem``: the program's own spelling when its title starts with the name
@@ -40,6 +38,8 @@ def _is_run_store(path: Path) -> bool:
 def _load(spec: str, rank: int = 1):
     """A program from a run store (the one at ``rank``), a .opt file path or a library name, with
     the stem of its class name and, from a run store, the context it was tuned in (else None)."""
+    from optdisco.dsl import parse_file
+
     path = Path(spec)
     if _is_run_store(path):
         if not path.is_file():
@@ -62,6 +62,8 @@ def _load(spec: str, rank: int = 1):
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from optdisco.dsl import DSLError, export_python
+
     try:
         from .context import describe, export_context
 
