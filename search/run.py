@@ -18,6 +18,10 @@ from .engine import score_key
 from .store import RunStore
 
 
+SEARCH_ORIGINS = ("seed", "child")
+"""Origins of the candidates the search itself evaluated (later work: ``simplified``, ``baseline``)."""
+
+
 class Run:
     def __init__(self, path: str | Path, writable: bool = False):
         """Open the run at ``path`` read-only (nothing in the file changes), or ``writable`` for
@@ -79,13 +83,16 @@ class Run:
             raise ValueError(f"{self.path} has only {len(rows)} evaluated programs; rank {rank} does not exist")
         return rows[rank - 1]
 
-    def history(self) -> list[dict]:
-        """One row per evaluation in recording order: ``index`` (from 1), ``candidate``,
-        ``tier``, ``task``, ``fitness``, ``wall``, ``worker``, ``error``, ``attempts``,
-        ``finished`` (unix time), ``mutation``, ``parents``, ``origin``, ``program`` (text)."""
+    def history(self, later: bool = False) -> list[dict]:
+        """One row per evaluation of the search in recording order: ``index`` (from 1),
+        ``candidate``, ``tier``, ``task``, ``fitness``, ``wall``, ``worker``, ``error``,
+        ``attempts``, ``finished`` (unix time), ``mutation``, ``parents``, ``origin``, ``program``
+        (text). Work recorded after the search (simplify, report baselines) is left out unless
+        ``later``."""
         cands = {c["id"]: c for c in self.store.candidates()}
         rows = []
-        for i, e in enumerate(self.store.evaluations(), 1):
+        evs = [e for e in self.store.evaluations() if later or cands[e["candidate"]]["origin"] in SEARCH_ORIGINS]
+        for i, e in enumerate(evs, 1):
             c = cands[e["candidate"]]
             rows.append(dict(
                 index=i, candidate=e["candidate"], tier=e["tier"], task=e["task"], fitness=e["fitness"],
@@ -132,15 +139,16 @@ class Run:
         best = self.best(1)
         best_f = best[0]["fitness"] if best and best[0]["tier_reached"] == last else math.inf
         rejected = st.get("rejected", {})
+        hist = self.history()
         return dict(
-            evaluations=self.store.count_evaluations(),
+            evaluations=len(hist),
             budget=self.config.budget,
             candidates=len(self.store.candidates("origin IN ('seed', 'child')")),
             duplicates=st.get("duplicates", 0),
             rejected=sum(rejected.values()),
             rejected_by_reason=dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
             failures=len(self.store.failures()),
-            failed_evaluations=sum(1 for e in self.store.evaluations() if not math.isfinite(e["fitness"])),
+            failed_evaluations=sum(1 for e in hist if not math.isfinite(e["fitness"])),
             restarts=st.get("restarts", 0),
             elapsed=st.get("elapsed", 0.0),
             best_fitness=best_f,
