@@ -117,12 +117,47 @@ def _ema_decays(program: Program) -> set[str]:
             and isinstance(e.args[2], Name) and e.args[2].id in hypers}
 
 
-def export_python(program, class_name: str = "DiscoveredOptimizer") -> str:
+def _schedule_source(schedule: dict) -> str:
+    """``lr_schedule(optimizer, …)``: the warmup + cosine schedule a program was tuned with, as a
+    torch LambdaLR (the factor of optdisco.evaluate.schedule, written out: no optdisco import)."""
+    steps, warmup, floor = int(schedule["steps"]), float(schedule["warmup"]), float(schedule["floor"])
+    if steps < 1 or not 0 <= warmup < 1 or not 0 <= floor <= 1:
+        raise ValueError(f"schedule needs steps >= 1, warmup in [0, 1) and floor in [0, 1], got {schedule}")
+    return f'''TUNED_STEPS = {steps!r}
+
+
+def lr_schedule(optimizer, steps=TUNED_STEPS, warmup={warmup!r}, floor={floor!r}, last_epoch=-1):
+    """The learning-rate schedule this program was tuned with, as a torch LR scheduler: linear
+    warmup over ``warmup`` of the ``steps`` (at least one step), then cosine decay to ``floor``
+    times the peak at the last step. Call ``scheduler.step()`` after each ``optimizer.step()``;
+    step ``t`` (1-based) trains with ``lr · factor(t)``, as in the evaluation."""
+    w = max(1, min(round(warmup * steps), steps - 1))
+
+    def factor(k):
+        t = min(k + 1, steps)
+        if t <= w:
+            return t / w
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * (t - w) / (steps - w)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch)'''
+
+
+def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict | None = None) -> str:
     """The source of a standalone module (it imports only torch and math) defining
     ``class_name``, a torch.optim.Optimizer subclass running ``program`` (a Program, library
-    name, ``.opt`` path or program text: see ``resolve_program``)."""
+    name, ``.opt`` path or program text: see ``resolve_program``).
+
+    ``tuned``: the context the program was found in, ``{"defaults": {"lr": …, …}, "schedule":
+    {"steps", "warmup", "floor"} or None, "about": "one line"}``. Its defaults replace the
+    program's (the class defaults to the tuned values), the docstrings state them and the
+    schedule, and the module gains ``lr_schedule(optimizer)``, that schedule as a LambdaLR."""
     program = resolve_program(program)
     _check_exportable(program, class_name)
+    own_defaults = program.hyper_defaults
+    schedule = None
+    if tuned:
+        program = program.with_defaults(**{k: float(v) for k, v in tuned.get("defaults", {}).items()})
+        schedule = tuned.get("schedule")
     info = check(program)
     text = program.to_text().rstrip("\n")
     quantized = any(s.storage != "float" for s in program.states)
@@ -136,12 +171,25 @@ def export_python(program, class_name: str = "DiscoveredOptimizer") -> str:
     hoisted_src = generate_hoisted_source(program, info, "statics", "step_hoisted")
     hyper_doc = ", ".join(f"{h.name}={h.default!r}" for h in program.hypers)
     sig, passed = _init_signature(program)
+    tuned_doc = ""
+    if tuned:
+        changed = ", ".join(f"{k} {own_defaults[k]!r} -> {v!r}" for k, v in program.hyper_defaults.items()
+                            if v != own_defaults[k])
+        tuned_doc = (f"Found with: {tuned.get('about', 'tuned hyperparameters')}.\n"
+                     f"The defaults below are those tuned values (the program's own: {changed or 'the same'}).\n")
+        if schedule:
+            tuned_doc += (f"Train with the same schedule: ``sched = lr_schedule(opt)`` (LambdaLR over "
+                          f"{int(schedule['steps'])} steps: linear warmup over {float(schedule['warmup']):.0%}, "
+                          f"cosine decay to {float(schedule['floor']):.0%} of the peak lr), ``sched.step()`` after "
+                          "each ``opt.step()``; give ``steps=`` for a longer run.\n")
+        tuned_doc += "\n"
 
     module_doc = (
         f"{class_name}: {_title(program)}\n\n"
         "A torch.optim.Optimizer exported by optdisco from this program:\n\n"
         + _indent(text) + "\n\n"
-        "Usage::\n\n"
+        + tuned_doc
+        + "Usage::\n\n"
         f"    from <this module> import {class_name}\n"
         f"    opt = {class_name}(model.parameters(), lr=...)   # eager, multi-tensor step\n"
         f"    opt = {class_name}(model.parameters(), compile=True)   # torch.compile'd fused step\n\n"
@@ -153,7 +201,8 @@ def export_python(program, class_name: str = "DiscoveredOptimizer") -> str:
     class_doc = (
         f"{_title(program)}\n\n"
         "Program::\n\n" + _indent(text) + "\n\n"
-        f"Hyperparameters (defaults): {hyper_doc}. Each may be set per parameter group.\n"
+        + tuned_doc
+        + f"Hyperparameters (defaults): {hyper_doc}. Each may be set per parameter group.\n"
         "A group may also set ``role``: \"hidden\", \"embedding\", \"head\" or \"vector\" (default: hidden for\n"
         "parameters with two or more dimensions, vector otherwise).\n\n"
         "``compile=True`` compiles each parameter's step with torch.compile, once per shape, role, dtype,\n"
@@ -200,6 +249,15 @@ def export_python(program, class_name: str = "DiscoveredOptimizer") -> str:
         parts += ["", foreach_src]
     if hoisted_src:
         parts += ["", hoisted_src]
+    if schedule:
+        parts += [
+            "",
+            "# " + "-" * 94,
+            "# The learning-rate schedule the program was tuned with.",
+            "# " + "-" * 94,
+            _schedule_source(schedule),
+            "",
+        ]
     parts += [
         "",
         "# " + "-" * 94,

@@ -29,6 +29,9 @@ from .program import Assign, BinOp, Call, Expr, Hyper, If, Name, Num, Program, S
 MAX_CHARS = 100_000
 MAX_STATEMENTS = 500
 MAX_DEPTH = 60
+MAX_TREE_DEPTH = 200
+"""Operations one expression may chain (``g + g + … + g`` nests left to right): a longer chain
+would exhaust Python's recursion in the checker and compiler."""
 MAX_TOKEN = 64
 MAX_CONSTANT = 1e30
 
@@ -244,7 +247,12 @@ class _Parser:
         if not self.at("op", "="):
             raise self.error(f"expected '=' after {name.text!r}, found {_describe(self.tok)}")
         self.next()
+        start = self.tok
         value = self.expr()
+        depth = _tree_depth(value) - 1  # operations above the deepest leaf
+        if depth > MAX_TREE_DEPTH:
+            raise self.error(f"expression is too long: {depth} operations chained in one expression "
+                             f"(the limit is {MAX_TREE_DEPTH}); split it over several statements", start)
         self.expect("nl")
         return Assign(name.text, value, name.line, name.col)
 
@@ -408,6 +416,20 @@ class _Parser:
         if tok.kind == "kw":
             raise self.error(f"keyword {tok.text!r} cannot be used in an expression")
         raise self.error(f"expected an expression, found {_describe(tok)}")
+
+
+def _tree_depth(e) -> int:
+    """Depth of an expression tree, without recursion (a long flat chain is deep)."""
+    deepest, stack = 0, [(e, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        for child in (getattr(node, "left", None), getattr(node, "right", None), getattr(node, "operand", None)):
+            if child is not None:
+                stack.append((child, d + 1))
+        for child in getattr(node, "args", ()) or ():
+            stack.append((child, d + 1))
+    return deepest
 
 
 def parse(text: str, check: bool = True, source: str | None = None) -> Program:

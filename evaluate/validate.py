@@ -225,7 +225,9 @@ def _compare(report: Report) -> None:
             continue
         r.speedup = speedup(ref.rerun.eval_steps, median_curve(ref.rerun), r.rerun.eval_steps, median_curve(r.rerun))
         diff = r.median - ref.median
-        if abs(diff) <= max(r.spread, ref.spread):
+        if len(report.seeds) < 2:  # no spread to judge a difference by
+            r.verdict = "one seed: no verdict"
+        elif abs(diff) <= max(r.spread, ref.spread):
             r.verdict = "tie (within seed spread)"
         else:
             r.verdict = "better" if diff < 0 else "worse"

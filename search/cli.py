@@ -7,25 +7,41 @@ import importlib
 import sys
 from pathlib import Path
 
-from optdisco.dsl import DSLError, Program, parse_file
+# Commands import what they need when they run (torch, ray, matplotlib take seconds), so that
+# `optdisco --help`, `--version` and usage errors answer at once.
 
 
-def resolve_program(ref: str) -> Program:
+class CLIError(Exception):
+    """Bad input to a command: printed as ``optdisco COMMAND: message``, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the command line's one error style: ``optdisco COMMAND: message``, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def resolve_program(ref: str):
     """A program from a ``.opt`` file path or a library name."""
+    from optdisco.dsl import parse_file
+
     p = Path(ref)
     if p.suffix == ".opt" or p.exists():
         if not p.is_file():
-            raise SystemExit(f"optdisco: no such file: {ref}")
+            raise CLIError(f"no such file: {ref}")
         return parse_file(p)
     from optdisco import library
 
     try:
         return library.load(ref)
     except KeyError as e:
-        raise SystemExit(f"optdisco: {ref!r} is neither a file nor a library program ({e.args[0]})") from None
+        raise CLIError(f"{e.args[0]}; nor is {ref!r} a file") from None
 
 
 def cmd_check(args) -> int:
+    from optdisco.dsl import DSLError, parse_file
+
     status = 0
     for f in args.files:
         try:
@@ -43,11 +59,12 @@ def cmd_check(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from optdisco.dsl import DSLError
+
     try:
         program = resolve_program(args.program)
     except DSLError as e:
-        print(str(e), file=sys.stderr)
-        return 1
+        raise CLIError(str(e)) from None
     if args.latex:
         from optdisco.dsl import to_latex
 
@@ -98,11 +115,12 @@ def cmd_library(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="optdisco",
         description="Discover optimization algorithms: optimizers as programs, searched, validated, exported.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"optdisco {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("check", help="check .opt files (prints FILE:LINE:COL: message on errors)")
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -132,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("optdisco")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown (not installed)"
+
+
 # Modules that add command groups: each defines register(subparsers).
 _COMMAND_MODULES = ("cli_search", "cli_simplify", "cli_report", "cli_tasks", "cli_validate", "cli_export")
 
@@ -144,6 +171,9 @@ def main(argv=None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
+    except CLIError as e:
+        print(f"optdisco {args.command}: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -13,8 +13,6 @@ import re
 import sys
 from pathlib import Path
 
-from optdisco.dsl import DSLError, export_python, parse_file
-
 
 def _class_name(stem: str, program=None) -> str:
     """A class name for ``stem``: the program's own spelling when its title starts with the name
@@ -38,8 +36,11 @@ def _is_run_store(path: Path) -> bool:
 
 
 def _load(spec: str, rank: int = 1, point: int | None = None):
-    """A program from a run store (the one at ``rank``, or point ``point`` of its Pareto
-    front), a .opt file path or a library name."""
+    """A program from a run store (the one at ``rank``, or point ``point`` of its Pareto front),
+    a .opt file path or a library name, with the stem of its class name and, from a run store's
+    ranking, the context it was tuned in (else None)."""
+    from optdisco.dsl import parse_file
+
     path = Path(spec)
     if _is_run_store(path):
         if not path.is_file():
@@ -53,18 +54,18 @@ def _load(spec: str, rank: int = 1, point: int | None = None):
 
                 from .front import front_point
 
-                return parse(front_point(run, point)["text"]), f"DiscoveredOptimizerFront{point}"
-            program = run.ranked(rank)["program"]
+                return parse(front_point(run, point)["text"]), f"DiscoveredOptimizerFront{point}", None
+            row = run.ranked(rank)
         finally:
             run.close()
-        return program, "DiscoveredOptimizer" if rank == 1 else f"DiscoveredOptimizer{rank}"
+        return row["program"], "DiscoveredOptimizer" if rank == 1 else f"DiscoveredOptimizer{rank}", row["context"]
     if path.suffix == ".opt" or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"no such program file: {spec}")
-        return parse_file(path), path.stem
+        return parse_file(path), path.stem, None
     from optdisco import library
 
-    return library.load(spec), spec
+    return library.load(spec), spec, None
 
 
 def _list_front(spec: str) -> int:
@@ -76,7 +77,11 @@ def _list_front(spec: str) -> int:
     if not (_is_run_store(path) and path.is_file()):
         print(f"optdisco export: --front needs a run store, got {spec}", file=sys.stderr)
         return 2
-    run = Run(path)
+    try:
+        run = Run(path)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"optdisco export: {e}", file=sys.stderr)
+        return 2
     try:
         if not run.state.get("front"):
             print(f"optdisco export: {spec} has no Pareto front (a run with --objectives loss,memory|cost|quant keeps one)",
@@ -90,15 +95,19 @@ def _list_front(spec: str) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from optdisco.dsl import DSLError, export_python
+
     if args.point is not None and not args.front:
         print("optdisco export: --point needs --front", file=sys.stderr)
         return 2
     if args.front and args.point is None:
         return _list_front(args.program)
     try:
-        program, stem = _load(args.program, args.rank, args.point)
+        from .context import describe, export_context
+
+        program, stem, context = _load(args.program, args.rank, args.point)
         class_name = args.class_name or _class_name(stem, program)
-        source = export_python(program, class_name=class_name)
+        source = export_python(program, class_name=class_name, tuned=export_context(context))
     except (DSLError, FileNotFoundError, ValueError) as e:
         print(f"optdisco export: {e}", file=sys.stderr)
         return 2
@@ -111,6 +120,9 @@ def run_export(args: argparse.Namespace) -> int:
         out = Path(args.output)
         out.write_text(source)
         print(f"wrote {out} (class {class_name}: from {out.stem} import {class_name})", file=sys.stderr)
+    if context:
+        sched = ", lr_schedule(opt) gives its schedule" if context.get("schedule") else ""
+        print(f"defaults are the tuned values: {describe(context)}{sched}", file=sys.stderr)
     return 0
 
 

@@ -22,7 +22,7 @@ def cmd_report(args) -> int:
     from .run import Run
 
     try:
-        run = Run(args.store)
+        run = Run(args.store, writable=bool(args.baselines))
     except (FileNotFoundError, ValueError) as e:
         print(f"optdisco report: {e}", file=sys.stderr)
         return 2
@@ -33,6 +33,7 @@ def cmd_report(args) -> int:
         except KeyError as e:
             print(f"optdisco report: {e.args[0]}", file=sys.stderr)
             return 2
-    out = write_report(run, args.out, top=args.top)
+    out = write_report(run, args.out, top=args.top,
+                       baselines=[n.strip() for n in (args.baselines or "").split(",") if n.strip()])
     print(f"report: {out / 'report.md'}")
     return 0

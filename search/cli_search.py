@@ -73,36 +73,73 @@ class _Bar:
         self.bar.close()
 
 
-def cmd_search(args) -> int:
-    from .engine import Search, SearchError
+def _finished(search) -> bool:
+    st = search.state
+    return st["evaluations"] >= search.config.budget and not st["pending"]
 
+
+def cmd_search(args) -> int:
+    from .engine import Search, SearchError, load_seeds
+    from .evaluator import ProxyEvaluator
+    from .executors import ExecutorError, make_executor
+    from .preflight import check_new_run
+
+    def fail(message, code=2):
+        print(f"optdisco search: {message}", file=sys.stderr)
+        return code
+
+    evaluator = ProxyEvaluator()
+    search = None
+    # everything is checked before Ray starts or a store is created
     try:
         if args.resume:
             if (args.config or args.seed is not None or args.task or args.seed_programs or args.store or args.suite
                     or args.heldout or args.strategy or args.objectives):
-                print("optdisco search: with --resume only --budget, --workers, --executor, --address, --heldout-every "
-                      "and --validate-top may change",
-                      file=sys.stderr)
-                return 2
-            search = Search.resume(args.resume, budget=args.budget, workers=args.workers,
+                return fail("with --resume only --budget, --workers, --executor, --address, --heldout-every and "
+                            "--validate-top may change")
+            search = Search.resume(args.resume, evaluator, budget=args.budget, workers=args.workers,
                                    executor=args.executor, address=args.address, heldout_every=args.heldout_every,
                                    validate_top=args.validate_top)
+            if _finished(search):
+                n = search.state["evaluations"]
+                print(f"optdisco search: {search.path} has already spent its budget of {search.config.budget} "
+                      f"evaluations ({n} recorded); nothing to run. To continue it, raise the budget: "
+                      f"optdisco search --resume {search.path} --budget {n + 100}", file=sys.stderr)
+                search.close()
+                return 0
+            cfg = search.config
         else:
-            search = Search(_config(args), store=args.store)
+            cfg = _config(args)
+            try:
+                check_new_run(cfg, evaluator, load_seeds(cfg))
+            except (SearchError, ValueError) as e:
+                # as from_toml does: name the file the settings came from (flags override it)
+                return fail(f"{args.config}: {e}" if args.config else e)
     except (SearchError, ValueError, FileNotFoundError) as e:
-        print(f"optdisco search: {e}", file=sys.stderr)
-        return 2
-    cfg = search.config
+        return fail(e)
+    try:
+        ex = make_executor(cfg.executor, evaluator, cfg.workers, cfg.address, cfg.gpus_per_eval)
+    except ExecutorError as e:
+        return fail(e)
+    try:
+        if search is None:
+            search = Search(cfg, store=args.store, evaluator=evaluator)
+    except (SearchError, ValueError, FileNotFoundError) as e:
+        ex.close()
+        return fail(e)
     tiers = " → ".join(t.label() for t in cfg.tiers)
+    workers = f"{ex.workers} worker{'s' if ex.workers != 1 else ''}"
+    if cfg.executor == "local" and cfg.workers != ex.workers:
+        workers += f" (in-process: one evaluation at a time; workers = {cfg.workers} applies to ray)"
     print(f"optdisco search: {cfg.budget} evaluations on {tiers}; seeds {', '.join(cfg.seed_programs)}; "
-          f"executor {cfg.executor} with {cfg.workers} workers", file=sys.stderr)
+          f"executor {cfg.executor} with {workers}", file=sys.stderr)
     print(f"run store: {search.path}", file=sys.stderr)
     bar = None
     if not args.no_progress:
         bar = _Bar(cfg.budget, search.state["evaluations"])
         search.on_progress = bar
     try:
-        run = search.run()
+        run = search.run(executor=ex)
     except KeyboardInterrupt:
         if bar:
             bar.close()
@@ -111,11 +148,11 @@ def cmd_search(args) -> int:
     except SearchError as e:
         if bar:
             bar.close()
-        print(f"optdisco search: {e}", file=sys.stderr)
-        return 1
+        return fail(e, 1)
     finally:
         if bar:
             bar.close()
+        ex.close()
     stats = run.stats()
     print(f"\n{stats['evaluations']} evaluations, {stats['duplicates']} duplicates skipped, "
           f"{stats['rejected']} children rejected before evaluation, {stats['failures']} worker failures, "

@@ -23,15 +23,18 @@ def register(sub) -> None:
 
 
 def cmd_simplify(args) -> int:
+    import time
+
     from optdisco.dsl import fingerprint
 
+    from .context import describe, tuned_context
     from .evaluator import Job, ProxyEvaluator, run_job
     from .run import Run
     from .simplify import simplify_program
     from .store import RunStore
 
     try:
-        run = Run(args.store)
+        run = Run(args.store, writable=True)
     except (FileNotFoundError, ValueError) as e:
         print(f"optdisco simplify: {e}", file=sys.stderr)
         return 2
@@ -44,10 +47,15 @@ def cmd_simplify(args) -> int:
         print("optdisco simplify: no program of this run reached the last tier yet", file=sys.stderr)
         return 1
     outcomes = {}
+    current = {"rank": 0, "n": 0, "t0": time.monotonic()}
 
     def fitness(program):
         out = run_job(Job(-1, last, tier, program.to_text()), evaluator)
         outcomes[program] = out
+        current["n"] += 1
+        if not args.verbose:  # a line per evaluation: each one takes seconds to minutes
+            print(f"  simplify #{current['rank']}: evaluation {current['n']}, fitness {out.fitness:.5g} "
+                  f"({time.monotonic() - current['t0']:.0f} s)", file=sys.stderr, flush=True)
         return out.fitness
 
     if args.out:
@@ -55,15 +63,19 @@ def cmd_simplify(args) -> int:
     for rank, b in enumerate(best, 1):
         print(f"== #{rank}: candidate {b['id']}, fitness {b['fitness']:.5g} on {tier.label()}\n")
         print(b["text"])
+        print(f"found with: {describe(b['context'])}\n")
+        current.update(rank=rank, n=0, t0=time.monotonic())
         log = (lambda s: print(s)) if args.verbose else None
         res = simplify_program(b["program"], fitness, tolerance=args.tolerance, reference=b["fitness"], log=log)
         after = res.fitness_after
         print(f"-- simplified ({res.removed_statements} statements fewer, {res.evaluations} evaluations), "
               f"fitness {after:.5g} (tolerance {args.tolerance:g}):\n")
         print(res.program.to_text())
+        out = outcomes.get(res.program)
+        ctx = tuned_context(out.result, tier) if out is not None else b["context"]
+        print(f"found with: {describe(ctx)}\n")
         if res.program == b["program"]:
             continue
-        out = outcomes.get(res.program)
 
         def tx(c, res=res, b=b, out=out):
             cid = RunStore.add_candidate(c, program=res.program.to_text(), fingerprint=fingerprint(res.program),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 
 
@@ -19,6 +20,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
     return p
+
+
+def plain(text: str) -> str:
+    """Docstring text without reStructuredText markup: ``code``, :role:`x`, *emphasis*."""
+    text = re.sub(r":[a-z]+:`~?([^`]*)`", r"\1", text)
+    text = re.sub(r"`{1,2}([^`]*)`{1,2}", r"\1", text)
+    return re.sub(r"(?<![\w*])\*{1,2}([^*\s][^*]*)\*{1,2}(?![\w*])", r"\1", text)
 
 
 def describe(name: str, size: str) -> dict:
@@ -36,7 +44,7 @@ def describe(name: str, size: str) -> dict:
         roles[r] = roles.get(r, 0) + 1
     return dict(
         name=name, size=size, params=sum(math.prod(s) for s in shapes.values()), steps=task.steps,
-        roles=roles, about=cls_doc[0] if cls_doc else "",
+        roles=roles, about=plain(cls_doc[0]) if cls_doc else "",
     )
 
 

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except (DSLError, KeyError, ValueError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"optdisco validate: error: {msg}", file=sys.stderr)
+        print(f"optdisco validate: {msg}", file=sys.stderr)
         return 2
     print(report.table())
     if args.json:

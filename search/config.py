@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .fields import FieldError, check_dataclass, check_mapping
+
 try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -98,6 +100,11 @@ class Tier:
         refs = None if references is None else tuple((t, float(references[t])) for t in self.task_names)
         return dataclasses.replace(self, references=refs)
 
+    def __post_init__(self):
+        if isinstance(self.lrs, list):
+            object.__setattr__(self, "lrs", tuple(self.lrs))
+        check_dataclass(self, "tier")
+
     def label(self) -> str:
         parts = [f"suite({','.join(self.tasks)})" if self.tasks is not None else self.task]
         if self.size != "proxy":
@@ -109,11 +116,8 @@ class Tier:
         return " ".join(parts)
 
     @staticmethod
-    def from_dict(d: dict) -> "Tier":
-        known = {f.name for f in dataclasses.fields(Tier)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown tier keys {unknown}; known: {sorted(known)}")
+    def from_dict(d: dict, key: str = "tier") -> "Tier":
+        check_mapping(Tier, d, key)
         d = dict(d)
         if d.get("lrs") is not None:
             d["lrs"] = tuple(float(x) for x in d["lrs"])
@@ -199,6 +203,10 @@ class SearchConfig:
     def __post_init__(self):
         if isinstance(self.seed_programs, str):
             self.seed_programs = tuple(s.strip() for s in self.seed_programs.split(",") if s.strip())
+        try:
+            check_dataclass(self)  # every field against its annotation, before anything uses it
+        except FieldError as e:
+            raise ValueError(f"search config: {e}") from None
         self.seed_programs = tuple(self.seed_programs)
         for key in ("suite", "heldout", "validate_baselines"):
             v = getattr(self, key)
@@ -209,7 +217,7 @@ class SearchConfig:
             self.heldout = default_heldout()
         if self.tiers is None:
             self.tiers = default_tiers(self.task, self.suite)
-        self.tiers = tuple(t if isinstance(t, Tier) else Tier.from_dict(t) for t in self.tiers)
+        self.tiers = tuple(t if isinstance(t, Tier) else Tier.from_dict(t, f"tiers[{i}]") for i, t in enumerate(self.tiers))
         from .objectives import parse_objectives
 
         try:
@@ -222,23 +230,16 @@ class SearchConfig:
         def bad(msg):
             raise ValueError(f"search config: {msg}")
 
-        if self.executor not in EXECUTORS:
-            bad(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
-        if self.budget < 1:
-            bad("budget must be at least 1 evaluation")
-        if self.workers < 1:
-            bad("workers must be at least 1")
-        if self.population < 2 or self.tournament < 1 or self.tournament > self.population:
-            bad("need population >= 2 and 1 <= tournament <= population")
+        try:
+            check_dataclass(self)  # types and ranges of every field (see fields.RANGES)
+        except FieldError as e:
+            bad(str(e))
+        if self.tournament > self.population:
+            bad(f"tournament ({self.tournament}) must be at most population ({self.population})")
         if not self.tiers:
             bad("the funnel needs at least one tier")
-        for i, t in enumerate(self.tiers):
-            if not 0 < t.promote <= 1:
-                bad(f"tier {i}: promote must be in (0, 1], got {t.promote}")
         if not self.seed_programs:
             bad("at least one seed program is needed")
-        if self.max_statements < 1:
-            bad("max_statements must be at least 1")
         if self.strategy not in STRATEGIES:
             bad(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.heldout_every < 0 or self.finalists < 1 or self.validate_top < 0:
@@ -250,6 +251,14 @@ class SearchConfig:
         if both:
             bad(f"held-out tasks {both} are also selection tasks of the funnel; a held-out task may never be "
                 "selected on")
+        if self.mutation_weights is not None:
+            from .mutation import MUTATIONS
+
+            unknown = sorted(set(self.mutation_weights) - set(MUTATIONS))
+            if unknown:
+                bad(f"mutation_weights: unknown operator {unknown[0]!r}; known: {', '.join(MUTATIONS)}")
+            if not any(v > 0 for v in self.mutation_weights.values()):
+                bad("mutation_weights: at least one operator needs a weight above 0")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -267,10 +276,10 @@ class SearchConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "SearchConfig":
-        known = {f.name for f in dataclasses.fields(SearchConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"search config: unknown keys {unknown}; known: {sorted(known)}")
+        try:
+            check_mapping(SearchConfig, d)
+        except FieldError as e:
+            raise ValueError(f"search config: {e}") from None
         return SearchConfig(**d)
 
     @staticmethod

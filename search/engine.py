@@ -39,6 +39,7 @@ from typing import Callable
 
 from optdisco.dsl import Program, fingerprint, parse
 
+from . import preflight
 from .config import SearchConfig
 from .evaluator import HELDOUT, REFERENCE, SEARCH, Job, ProxyEvaluator
 from .executors import Finished, make_executor
@@ -133,9 +134,10 @@ class Search:
         else:
             self.config = config or SearchConfig()
             path = Path(store) if store else default_store_path(self.config)
-            if path.exists() and RunStore(path).get_meta("config") is not None:
+            if path.exists() and RunStore(path, readonly=True).get_meta("config") is not None:
                 raise SearchError(f"{path} already holds a run; resume it with --resume {path}")
             seeds = load_seeds(self.config)
+            preflight.check_new_run(self.config, evaluator, seeds)  # nothing is created before this passes
             self.store = RunStore(path)
             self.store.transaction(lambda c: (
                 RunStore.set_meta(c, "config", self.config.to_dict()),

@@ -23,6 +23,10 @@ from .evaluator import Job, Outcome, run_job
 GRACE = 30.0
 
 
+class ExecutorError(RuntimeError):
+    """The executor could not start (no Ray cluster at the address given, say); one line."""
+
+
 @dataclass
 class Finished:
     job: Job
@@ -87,7 +91,11 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             if address:
-                ray.init(address=address, **kwargs)
+                try:
+                    ray.init(address=address, **kwargs)
+                except (ConnectionError, RuntimeError, ValueError) as e:
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    raise ExecutorError(f"cannot join a Ray cluster at address {address!r}: {first}") from None
             else:
                 # a local instance keeps Ray's token authentication on; its notice about that
                 # would only interrupt the progress bar

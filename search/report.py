@@ -94,7 +94,9 @@ def _as_curve(v):
 def evaluate_baselines(run: Run, names: list[str], evaluator: Callable | None = None,
                        log: Callable[[str], None] | None = None) -> None:
     """Evaluate library programs on the run's last tier and store them as baselines (kept out of
-    the population and of the best lists). Names already there are skipped."""
+    the population and of the best lists). Names already there are skipped, and so are programs
+    the search itself evaluated on the last tier (a seed program, or a child that behaves the
+    same): the report uses that recorded evaluation."""
     from optdisco import library
     from optdisco.dsl import fingerprint
 
@@ -106,10 +108,17 @@ def evaluate_baselines(run: Run, names: list[str], evaluator: Callable | None = 
     last = len(run.config.tiers) - 1
     tier = run.tier(last)
     have = {c["detail"] for c in run.store.candidates("origin = 'baseline'")}
+    searched = {c["fingerprint"]: c for c in run.store.candidates("origin IN ('seed', 'child')")
+                if c["tier_reached"] == last and c["fitness"] is not None}
     for name in names:
         if name in have:
             continue
         program = library.load(name)
+        known = searched.get(fingerprint(program))
+        if known is not None:
+            if log:
+                log(f"baseline {name}: the search evaluated it on {tier.label()} (candidate {known['id']}); reused")
+            continue
         text = program.to_text()
         if log:
             log(f"evaluating baseline {name} on {tier.label()}")
@@ -125,11 +134,24 @@ def evaluate_baselines(run: Run, names: list[str], evaluator: Callable | None = 
         run.store.transaction(tx)
 
 
-def _baselines(run: Run) -> list[dict]:
-    """The run's seeds and stored baselines that reached the last tier, each with a name."""
+def _baselines(run: Run, asked: list[str] | None = None) -> list[dict]:
+    """The run's seeds and stored baselines that reached the last tier, each with a name; with
+    ``asked`` (library names), also the search's candidates that behave as one of them."""
+    from optdisco import library
+    from optdisco.dsl import fingerprint
+
     last = len(run.config.tiers) - 1
     seeds = {}
     names = [n for n, _ in run.store.get_meta("seeds", [])]
+    wanted = {}
+    for n in asked or ():
+        try:
+            wanted[fingerprint(library.load(n))] = n
+        except KeyError:
+            continue
+    for c in run.store.candidates("origin = 'child'"):
+        if c["fingerprint"] in wanted and c["tier_reached"] == last and c["fitness"] is not None:
+            seeds.setdefault(wanted[c["fingerprint"]], c)
     for c in run.store.candidates("origin IN ('seed', 'baseline')"):
         if c["tier_reached"] != last or c["fitness"] is None:
             continue
@@ -166,7 +188,7 @@ def _fmt(x: float) -> str:
     return f"{x:.5g}" if x is not None and math.isfinite(x) else "failed"
 
 
-def write_report(run: Run, out: str | Path | None = None, top: int = 5) -> Path:
+def write_report(run: Run, out: str | Path | None = None, top: int = 5, baselines: list[str] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,7 +201,7 @@ def write_report(run: Run, out: str | Path | None = None, top: int = 5) -> Path:
     series = best_so_far(run)
     stats = run.stats()
     best = run.best(top)
-    base = _baselines(run)
+    base = _baselines(run, baselines)
 
     for fname, xi, xlabel in (("best_vs_evaluations.png", 0, "evaluations"), ("best_vs_time.png", 1, "wall time (s)")):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -283,6 +305,8 @@ def _heldout_markdown(run: Run, meta) -> str:
 def _markdown(run: Run, stats: dict, best: list[dict], base: list[dict]) -> str:
     from optdisco.dsl import to_latex
 
+    from .context import describe
+
     cfg = run.config
     last = len(cfg.tiers) - 1
     L = [f"# optdisco search report: `{run.path.name}`", ""]
@@ -304,10 +328,15 @@ def _markdown(run: Run, stats: dict, best: list[dict], base: list[dict]) -> str:
     L += ["", "![best fitness against evaluations](best_vs_evaluations.png)",
           "![best fitness against wall time](best_vs_time.png)", "![loss curves](curves.png)", ""]
     if base:
-        L += ["## Baselines", "", f"Fitness on {cfg.tiers[last].label()} (lower is better).", "",
-              "| program | fitness |", "| --- | --- |"]
+        L += ["## Baselines", "", f"Fitness on {cfg.tiers[last].label()} (lower is better). Seed programs "
+              "are the search's own evaluations; other baselines were evaluated after the search, on the same "
+              "tier, and are not counted in its evaluations.", "",
+              "| program | fitness | evaluated | tuned lr |", "| --- | --- | --- | --- |"]
         for b in sorted(base, key=lambda b: b["fitness"]):
-            L.append(f"| {b['name']} | {_fmt(b['fitness'])} |")
+            when = "after the search" if b["origin"] == "baseline" else f"by the search (candidate {b['id']})"
+            ctx = run.context(b["id"], last)
+            lr = f"{ctx['lr']:.3g}" if ctx and "lr" in ctx else "—"
+            L.append(f"| {b['name']} | {_fmt(b['fitness'])} | {when} | {lr} |")
         L.append("")
     L += ["## Top programs", ""]
     for i, b in enumerate(best, 1):
@@ -322,5 +351,26 @@ def _markdown(run: Run, stats: dict, best: list[dict], base: list[dict]) -> str:
         for c in chain:
             what = c["origin"] if c["origin"] in ("seed", "simplified") else c["mutation"]
             steps.append(f"{c['id']} ({what}{': ' + c['detail'] if c['detail'] else ''}; {_fmt(c['fitness'])})")
+        L += [f"Found with: {describe(b.get('context'))}.", ""]
         L += ["Lineage (newest first): " + " ← ".join(steps), ""]
+    L += _simplification_section(run)
     return "\n".join(L)
+
+
+def _simplification_section(run: Run) -> list[str]:
+    """The programs ``optdisco simplify`` recorded, each beside the program it came from."""
+    from .context import describe
+
+    rows = run.store.candidates("origin = 'simplified'")
+    if not rows:
+        return []
+    last = len(run.config.tiers) - 1
+    L = ["## Simplification", "", f"Recorded by `optdisco simplify` after the search, evaluated on "
+         f"{run.config.tiers[last].label()} (not counted in the search's evaluations).", ""]
+    for c in rows:
+        parent = run.store.candidate(c["parents"][0]) if c["parents"] else None
+        before = _fmt(parent["fitness"]) if parent else "?"
+        L.append(f"### candidate {c['id']}, simplified from {parent['id'] if parent else '?'} "
+                 f"({c['detail']}): fitness {before} → {_fmt(c['fitness'])}")
+        L += ["", "```", c["program"].rstrip(), "```", "", f"Found with: {describe(run.context(c['id']))}.", ""]
+    return L

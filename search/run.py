@@ -18,9 +18,16 @@ from .engine import score_key
 from .store import RunStore
 
 
+SEARCH_ORIGINS = ("seed", "child")
+"""Origins of the candidates the search itself evaluated (later work: ``simplified``, ``baseline``)."""
+
+
 class Run:
-    def __init__(self, path: str | Path):
-        self.store = RunStore(path, create=False)
+    def __init__(self, path: str | Path, writable: bool = False):
+        """Open the run at ``path`` read-only (nothing in the file changes), or ``writable`` for
+        commands that record more (simplify, report baselines). A file that is not a run store is
+        refused unchanged (:class:`~optdisco.search.store.StoreError`)."""
+        self.store = RunStore(path, create=False, readonly=not writable)
         saved = self.store.get_meta("config")
         if saved is None:
             raise ValueError(f"{path} is not a search run store (no config)")
@@ -68,7 +75,9 @@ class Run:
     def best(self, k: int = 1, tier: int | None = None) -> list[dict]:
         """The ``k`` best distinct evaluated candidates, best first (later tier, then lower
         fitness; see :mod:`optdisco.search.engine`), each a dict with ``id``, ``fitness``,
-        ``tier_reached``, ``program`` (a Program), ``text``, ``mutation``, ``parents``, ``origin``."""
+        ``tier_reached``, ``program`` (a Program), ``text``, ``mutation``, ``parents``, ``origin``,
+        and ``context``: the tuned LR, schedule and steps its fitness was measured with (see
+        :func:`optdisco.search.context.tuned_context`; ``None`` if the evaluator tuned nothing)."""
         rows = self.store.candidates("origin NOT IN ('duplicate', 'baseline') AND tier_reached >= 0 AND fitness IS NOT NULL")
         if tier is not None:
             rows = [r for r in rows if r["tier_reached"] == tier]
@@ -79,6 +88,7 @@ class Run:
             d = dict(r)
             d["text"] = r["program"]
             d["program"] = parse(r["program"])
+            d["context"] = self.context(r["id"], r["tier_reached"])
             out.append(d)
         return out
 
@@ -91,13 +101,16 @@ class Run:
             raise ValueError(f"{self.path} has only {len(rows)} evaluated programs; rank {rank} does not exist")
         return rows[rank - 1]
 
-    def history(self) -> list[dict]:
-        """One row per evaluation in recording order: ``index`` (from 1), ``candidate``,
-        ``tier``, ``task``, ``fitness``, ``wall``, ``worker``, ``error``, ``attempts``,
-        ``finished`` (unix time), ``mutation``, ``parents``, ``origin``, ``program`` (text)."""
+    def history(self, later: bool = False) -> list[dict]:
+        """One row per evaluation of the search in recording order: ``index`` (from 1),
+        ``candidate``, ``tier``, ``task``, ``fitness``, ``wall``, ``worker``, ``error``,
+        ``attempts``, ``finished`` (unix time), ``mutation``, ``parents``, ``origin``, ``program``
+        (text). Work recorded after the search (simplify, report baselines) is left out unless
+        ``later``."""
         cands = {c["id"]: c for c in self.store.candidates()}
         rows = []
-        for i, e in enumerate(self.store.evaluations(), 1):
+        evs = [e for e in self.store.evaluations() if later or cands[e["candidate"]]["origin"] in SEARCH_ORIGINS]
+        for i, e in enumerate(evs, 1):
             c = cands[e["candidate"]]
             rows.append(dict(
                 index=i, candidate=e["candidate"], tier=e["tier"], task=e["task"], fitness=e["fitness"],
@@ -111,6 +124,19 @@ class Run:
         """The evaluator's details (curves, best LR…) of a candidate's highest-tier evaluation."""
         evs = self.store.evaluations(cid)
         return evs[-1]["result"] if evs else None
+
+    def context(self, cid: int, tier: int | None = None) -> dict | None:
+        """The tuned context of a candidate's evaluation on ``tier`` (default: its highest)."""
+        from .context import tuned_context
+
+        evs = self.store.evaluations(cid)
+        if tier is not None:
+            evs = [e for e in evs if e["tier"] == tier]
+        if not evs:
+            return None
+        e = evs[-1]
+        t = self.config.tiers[e["tier"]] if 0 <= e["tier"] < len(self.config.tiers) else None
+        return tuned_context(e["result"], t)
 
     def lineage(self, cid: int, depth: int = 50) -> list[dict]:
         """The candidate and its first parents back to a seed: ``[{id, mutation, detail, fitness,
@@ -131,15 +157,16 @@ class Run:
         best = self.best(1)
         best_f = best[0]["fitness"] if best and best[0]["tier_reached"] == last else math.inf
         rejected = st.get("rejected", {})
+        hist = self.history()
         return dict(
-            evaluations=self.store.count_evaluations(),
+            evaluations=len(hist),
             budget=self.config.budget,
             candidates=len(self.store.candidates("origin IN ('seed', 'child')")),
             duplicates=st.get("duplicates", 0),
             rejected=sum(rejected.values()),
             rejected_by_reason=dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
             failures=len(self.store.failures()),
-            failed_evaluations=sum(1 for e in self.store.evaluations() if not math.isfinite(e["fitness"])),
+            failed_evaluations=sum(1 for e in hist if not math.isfinite(e["fitness"])),
             restarts=st.get("restarts", 0),
             elapsed=st.get("elapsed", 0.0),
             best_fitness=best_f,

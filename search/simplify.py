@@ -72,9 +72,47 @@ def _keeps_form(p: Program, needs_lr: bool = True) -> bool:
     return ("lr" in reads or not needs_lr) and all("w" in names_in(s.value) for s in rules)
 
 
+def _exposed_reads(body, defined: frozenset) -> tuple[set, frozenset]:
+    """Names read in ``body`` before being assigned on every path to the read, and the names
+    assigned on every path through ``body``."""
+    from optdisco.dsl.program import names_in
+
+    reads: set = set()
+    for s in body:
+        if isinstance(s, Assign):
+            reads |= names_in(s.value) - defined
+            defined = defined | {s.target}
+        else:
+            reads |= names_in(s.cond) - defined
+            r1, d1 = _exposed_reads(s.then, defined)
+            r2, d2 = _exposed_reads(s.orelse, defined)
+            reads |= r1 | r2
+            defined = d1 & d2
+    return reads, defined
+
+
+def drop_unread_states(p: Program) -> Program:
+    """``p`` without the states whose value from the previous step is never read (``state m =
+    zeros`` before ``m = g``): each is assigned before any read on every path, so it is a
+    temporary. The behaviour is the same and the exported optimizer keeps less memory."""
+    exposed, _ = _exposed_reads(p.body, frozenset())
+    from optdisco.dsl.program import names_in
+
+    in_inits = set().union(*(names_in(s.init) for s in p.states)) if p.states else set()
+    keep = tuple(s for s in p.states if s.name in exposed or s.name in in_inits)
+    if len(keep) == len(p.states):
+        return p
+    q = Program(p.hypers, keep, p.body, p.doc)
+    try:
+        check(q)
+    except (DSLError, ValueError, KeyError):
+        return p
+    return remove_dead_code(q)
+
+
 def _valid_form(p: Program, needs_lr: bool = True) -> Program | None:
     try:
-        p = canonical(remove_dead_code(p))
+        p = canonical(remove_dead_code(drop_unread_states(remove_dead_code(p))))
         check(p)
         if not _keeps_form(p, needs_lr):
             return None
@@ -176,6 +214,11 @@ def simplify_program(program: Program, fitness: Callable[[Program], float] | Non
     original = program
     out = Simplified(original, program, reference, None)
     p = canonical(remove_dead_code(program))
+    dropped = _valid_form(p, _keeps_form(p, True))
+    if dropped is not None and dropped != p and fingerprint(dropped) == fingerprint(p):
+        out.steps.append(Step("drop states whose previous value is never read (same behaviour)", True))
+        say("  kept: drop states whose previous value is never read (same behaviour)")
+        p = dropped
     fp = fingerprint(p)
     needs_lr = _keeps_form(p, True)
 

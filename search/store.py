@@ -26,10 +26,70 @@ import json
 import math
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Iterable
 
 SCHEMA_VERSION = 1
+"""The schema this code writes. A change that adds a table or column bumps it and adds the step
+from the previous version to :data:`MIGRATIONS`; a store of a newer version is refused."""
+
+MIGRATIONS: dict[int, str] = {}
+"""``MIGRATIONS[v]``: the SQL that upgrades a store of schema ``v`` to ``v + 1`` (run in one
+transaction when a store is opened for writing; a read-only open never changes a store)."""
+
+FORMAT = "optdisco run store"
+TABLES = ("meta", "candidates", "evaluations", "failures")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class StoreError(ValueError):
+    """A file that is not a run store this code can open; the file is left as it was."""
+
+
+def _ro_uri(path: Path) -> str:
+    return "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+
+
+def identify(path: str | Path) -> int:
+    """The schema version of the run store at ``path``. Raises :class:`StoreError`, having written
+    nothing, for anything else: a file that is not SQLite, someone else's database, a store of a
+    newer schema."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except IsADirectoryError:
+        raise StoreError(f"{path} is a directory, not an optdisco run store") from None
+    if head != _SQLITE_MAGIC:
+        what = "an empty file" if not head else "not an SQLite database"
+        raise StoreError(f"{path} is not an optdisco run store ({what}); left unchanged")
+    try:
+        con = sqlite3.connect(_ro_uri(path), uri=True, timeout=30)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            missing = [t for t in TABLES if t not in tables]
+            if missing:
+                raise StoreError(f"{path} is an SQLite database but not an optdisco run store (no table "
+                                 f"{missing[0]!r}); left unchanged")
+            meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('schema', 'format')").fetchall())
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path} cannot be read as an optdisco run store ({e}); left unchanged") from None
+    try:
+        version = json.loads(meta["schema"])
+        fmt = json.loads(meta.get("format", json.dumps(FORMAT)))
+    except (KeyError, ValueError):
+        version, fmt = None, None
+    if fmt != FORMAT or not isinstance(version, int) or isinstance(version, bool):
+        raise StoreError(f"{path} is an SQLite database but not an optdisco run store (no schema version); "
+                         "left unchanged")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} was written by a newer optdisco (store schema {version}; this one reads up to "
+                         f"{SCHEMA_VERSION}); upgrade optdisco to open it")
+    return version
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,6 +145,41 @@ CREATE TABLE IF NOT EXISTS failures (
 """
 
 
+_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _enc(x: Any) -> Any:
+    """Non-finite floats as the strings "inf", "-inf", "nan" (as Result.to_dict writes them):
+    standard JSON, which SQLite's json_extract reads."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _enc(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_enc(v) for v in x]
+    return x
+
+
+def _dec(x: Any) -> Any:
+    if isinstance(x, str):
+        return _NONFINITE.get(x, x)
+    if isinstance(x, dict):
+        return {k: _dec(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_dec(v) for v in x]
+    return x
+
+
+def dumps(x: Any) -> str:
+    """JSON for the store: strict (no Infinity/NaN literals)."""
+    return json.dumps(_enc(x), allow_nan=False)
+
+
+def loads(text: str) -> Any:
+    """The inverse of :func:`dumps`; also reads stores written with Infinity literals."""
+    return _dec(json.loads(text))
+
+
 def _f(x: float | None) -> float | None:
     """SQLite stores inf but not NaN; a NaN fitness is stored as +inf (the worst)."""
     if x is None:
@@ -96,19 +191,44 @@ def _f(x: float | None) -> float | None:
 class RunStore:
     """One run's SQLite file. Writes are committed at once; reads see every committed write."""
 
-    def __init__(self, path: str | Path, *, create: bool = True):
+    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False):
+        """Open the store at ``path``. An existing file is identified first, read-only (see
+        :func:`identify`), and refused unchanged if it is not a store; ``create`` makes a new store
+        where there is no file; ``readonly`` opens without ever writing."""
         self.path = Path(path)
-        if not create and not self.path.is_file():
+        exists = self.path.exists()
+        if not exists and (readonly or not create):
             raise FileNotFoundError(f"no run store at {self.path}")
-        if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        version = identify(self.path) if exists else None
+        self.readonly = readonly
+        if readonly:
+            self.db = sqlite3.connect(_ro_uri(self.path), uri=True, timeout=30, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
-        if self.get_meta("schema") is None:
-            self._tx(lambda c: c.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (json.dumps(SCHEMA_VERSION),)))
+        if version is None:
+            self.db.executescript(_SCHEMA)
+            self._tx(lambda c: (RunStore.set_meta(c, "schema", SCHEMA_VERSION), RunStore.set_meta(c, "format", FORMAT)))
+        elif version < SCHEMA_VERSION:
+            self._migrate(version)
+
+    def _migrate(self, version: int) -> None:
+        """Upgrade this store from ``version`` to :data:`SCHEMA_VERSION`, one step per transaction."""
+        while version < SCHEMA_VERSION:
+            step = MIGRATIONS[version]
+
+            def tx(c, step=step, to=version + 1):
+                for statement in step.split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+                RunStore.set_meta(c, "schema", to)
+
+            self._tx(tx)
+            version += 1
 
     def close(self) -> None:
         self.db.close()
@@ -138,11 +258,11 @@ class RunStore:
     # -- meta ------------------------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
+        return loads(row[0]) if row else default
 
     @staticmethod
     def set_meta(c, key: str, value: Any) -> None:
-        c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, allow_nan=True)))
+        c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, dumps(value)))
 
     # -- writes (each within a transaction cursor ``c``) ------------------------------------------
     @staticmethod
@@ -163,7 +283,7 @@ class RunStore:
         c.execute(
             "INSERT INTO evaluations (candidate, tier, task, fitness, result, wall, worker, error, attempts, finished)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (candidate, tier, task, _f(fitness), json.dumps(result, allow_nan=True) if result is not None else None,
+            (candidate, tier, task, _f(fitness), dumps(result) if result is not None else None,
              wall, worker, error, attempts, time.time()),
         )
         return int(c.lastrowid)
@@ -242,7 +362,7 @@ def _candidate_row(r: sqlite3.Row) -> dict:
 
 def _evaluation_row(r: sqlite3.Row) -> dict:
     d = dict(r)
-    d["result"] = json.loads(d["result"]) if d["result"] else None
+    d["result"] = loads(d["result"]) if d["result"] else None
     if d["fitness"] is None:
         d["fitness"] = math.inf
     return d

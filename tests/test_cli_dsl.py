@@ -28,5 +28,5 @@ def test_show_prints_canonical_text_latex_python_and_sympy(tmp_path, capsys):
 def test_show_reports_errors_with_location(tmp_path, capsys):
     f = tmp_path / "bad.opt"
     f.write_text("hyper lr = 1\nw = w - lr * sqrt(g, g)\n")
-    assert main(["show", str(f)]) == 1
+    assert main(["show", str(f)]) == 2  # bad input: exit 2, as every command
     assert f"{f}:2:14: sqrt takes 1 argument, got 2" in capsys.readouterr().err

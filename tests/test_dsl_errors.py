@@ -143,3 +143,13 @@ def test_cli_check_prints_file_line_col_and_fails(tmp_path, capsys):
     assert main(["check", str(good), str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:2:14: name 'gg' is not defined (did you mean 'g'?)" in err
+
+
+def test_a_flat_sum_of_20000_terms_is_too_long_at_its_own_line():
+    src = "hyper lr = 0.1\n\n" + "d = " + " + ".join(["g"] * 20000) + "\nw = w - lr * d\n"
+    with pytest.raises(DSLError) as info:
+        parse(src)
+    e = info.value
+    assert (e.line, e.column) == (3, 5)
+    assert "too long: 19999 operations chained" in str(e) and "nested too deeply" not in str(e)
+    parse("hyper lr = 0.1\nd = " + " + ".join(["g"] * 150) + "\nw = w - lr * d\n")  # long but fine

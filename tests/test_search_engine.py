@@ -248,3 +248,14 @@ def test_restarts_refill_the_population_from_the_best_and_the_seeds(tmp_path, se
     top = [c["id"] for c in finished[: 10 // 4]]
     seed_ids = [c["id"] for c in finished if c["origin"] == "seed" and c["id"] not in top]
     assert pop == top + seed_ids
+
+
+def test_simplification_drops_a_state_whose_previous_value_is_never_read():
+    p = parse("hyper lr = 0.01, mu = 0.9\nstate m = zeros, b = zeros\nm = g\nb = mu * b + m\nw = w - lr * b\n")
+    out = simplify_program(p, lambda q: search_toy.quad_fitness(q, 40), tolerance=0.01)
+    assert out.program.state_names == ("b",)
+    assert fingerprint(out.program) == fingerprint(p)
+    assert any("never read" in s.what and s.kept for s in out.steps)
+    # a state read before its update stays
+    ema = parse("hyper lr = 0.01, mu = 0.9\nstate m = zeros\nm = ema(m, g, mu)\nw = w - lr * m\n")
+    assert simplify_program(ema).program.state_names == ("m",)
