@@ -201,8 +201,10 @@ class SearchConfig:
     objectives: tuple[str, ...] = ("loss",)
 
     def __post_init__(self):
-        if isinstance(self.seed_programs, str):
-            self.seed_programs = tuple(s.strip() for s in self.seed_programs.split(",") if s.strip())
+        for key in ("seed_programs", "suite", "heldout", "validate_baselines"):  # "a,b" as from the command line
+            v = getattr(self, key)
+            if isinstance(v, str):
+                setattr(self, key, tuple(s.strip() for s in v.split(",") if s.strip()))
         try:
             check_dataclass(self)  # every field against its annotation, before anything uses it
         except FieldError as e:
@@ -210,8 +212,6 @@ class SearchConfig:
         self.seed_programs = tuple(self.seed_programs)
         for key in ("suite", "heldout", "validate_baselines"):
             v = getattr(self, key)
-            if isinstance(v, str):
-                v = tuple(s.strip() for s in v.split(",") if s.strip())
             setattr(self, key, None if v is None else tuple(v))
         if self.heldout is None:
             self.heldout = default_heldout()
