@@ -27,7 +27,7 @@ def tuned_context(result: dict | None, tier=None) -> dict | None:
     evaluator), or ``None`` when it tuned nothing (a failed evaluation, a stand-in evaluator)::
 
         {"lr": 1.6e-06,                          # the best learning rate of the grid (the peak)
-         "hyper": {"wd": 0.1},                   # other hyperparameters the evaluation fixed
+         "hyper": {"wd": 0.1},                   # other hyperparameters the evaluation fixed or tuned
          "schedule": {"name": "warmup_cosine", "warmup": 0.05, "floor": 0.01, "steps": 400},
          "steps": 400, "task": "mlp", "size": "proxy"}
 
@@ -57,6 +57,7 @@ def tuned_context(result: dict | None, tier=None) -> dict | None:
         steps = tier.steps
     steps = int(steps) if _number(steps) is not None else None
     hyper = {str(k): v for k, v in (result.get("hyper") or {}).items() if _number(v) is not None}
+    hyper.update({str(k): v for k, v in (result.get("best_hyper") or {}).items() if _number(v) is not None})
     ctx: dict[str, Any] = {"lr": lr, "hyper": {k: float(v) for k, v in hyper.items()}, "steps": steps,
                            "task": result.get("task") or (tier.task if tier is not None else None),
                            "size": result.get("size") or (tier.size if tier is not None else None)}
