@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from .errors import DSLError
 from .parser import KEYWORDS, MAX_CONSTANT
-from .primitives import INPUT_TYPES, PARAM, PRIMITIVES, SCALAR, ShapeError, Type, broadcast, matmul_rule
-from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, influences_w, names_in, walk_stmts
+from .primitives import INPUT_TYPES, PARAM, PRIMITIVES, RANDOM, SCALAR, ShapeError, Type, broadcast, matmul_rule
+from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, influences_w, names_in, sub_exprs, walk_stmts
 
 ARITH = {"+", "-", "*", "/", "**", "%", "@"}
 COMPARE = {"<", "<=", ">", ">=", "==", "!="}
@@ -201,6 +201,9 @@ class _Checker:
             raise _err("the program must declare the learning rate: hyper lr = <default>", node)
         for s in p.states:
             self._declare(s.name, s, seen, "state")
+            for x in sub_exprs(s.init):
+                if isinstance(x, Call) and x.fn in RANDOM:
+                    raise _err(f"{x.fn} cannot start a state; draw the noise in a statement", x)
             t = self.expr(s.init, env)
             if t.kind != "num":
                 raise _err(f"state {s.name!r} must start as a number or tensor, not a condition", s)

@@ -271,6 +271,26 @@ _add("sorting_perm", 1, _sorting_perm, "perm",
 _add("eye_like", 1, _same_shape_tensor("eye_like"), "like",
      "a matrix shaped like x with ones on its main diagonal and zeros elsewhere")
 
+
+# -- seeded noise (deterministic: a function of the seed, the step, the call site and the element) -
+def _noise(name: str):
+    def rule(ts: Sequence[Type]) -> Type:
+        _num(ts, name)
+        if ts[0].static:
+            raise ShapeError(f"{name} needs a tensor computed from w or g (its shape is the noise's), "
+                             "got a static scalar", 0)
+        return Type("num", ts[0].shape, False)
+
+    return rule
+
+
+_add("randn_like", 1, _noise("randn_like"), "noise",
+     "standard Gaussian noise shaped like x, a function of (seed, t, parameter, call site)")
+_add("rademacher_like", 1, _noise("rademacher_like"), "noise",
+     "±1 with equal probability, shaped like x, a function of (seed, t, parameter, call site)")
+RANDOM = frozenset({"randn_like", "rademacher_like"})
+"""Primitives that draw seeded noise: their step function takes a ``seed``."""
+
 PRIMITIVES: dict[str, Primitive] = {p.name: p for p in _P}
 
 ELEMENTWISE = frozenset(p.name for p in _P if p.family in ("unary", "binary", "clip", "mix", "where")) | {
