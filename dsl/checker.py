@@ -109,6 +109,10 @@ class _Checker:
                 want = str(prim.min_args) if prim.min_args == prim.max_args else f"{prim.min_args} or {prim.max_args}"
                 raise _err(f"{e.fn} takes {want} argument{'s' if want != '1' else ''}, got {n}", e)
             ts = [self.expr(a, env) for a in e.args]
+            if e.fn == "solve_triangular" and n == 3:
+                k = e.args[2]
+                if not (isinstance(k, Num) and k.value in (0, 1)):
+                    raise _err("the third argument of solve_triangular (upper) must be the constant 0 or 1", k)
             if e.fn == "orthogonalize" and n == 2:
                 k = e.args[1]
                 if not (isinstance(k, Num) and k.value == int(k.value) and 1 <= k.value <= 20):

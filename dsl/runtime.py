@@ -413,6 +413,22 @@ def eye_like(x):
     return torch.eye(r, c, dtype=x.dtype, device=x.device).expand(x.shape).clone()
 
 
+def triu(x):
+    return torch.triu(x)
+
+
+def tril(x):
+    return torch.tril(x)
+
+
+def solve_triangular(a, b, upper=0):
+    """X with A·X = B, A triangular (its lower triangle, or its upper one when ``upper`` is 1); a
+    bfloat16 or float16 system is solved in float32 and the result cast back, as the decompositions."""
+    x = torch.linalg.solve_triangular(_decomposable(a), _decomposable(b).to(_decomposable(a).dtype),
+                                      upper=bool(upper))
+    return x.to(b.dtype)
+
+
 def zeros_like(x):
     return torch.zeros_like(x) if _t(x) else 0.0
 
