@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from .errors import DSLError
 from .parser import KEYWORDS, MAX_CONSTANT
-from .primitives import INPUT_TYPES, PARAM, PRIMITIVES, SCALAR, ShapeError, Type, broadcast, matmul_rule
-from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, influences_w, names_in, walk_stmts
+from .primitives import INPUT_TYPES, PARAM, PRIMITIVES, RANDOM, SCALAR, ShapeError, Type, broadcast, matmul_rule
+from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, influences_w, names_in, sub_exprs, walk_stmts
 
 ARITH = {"+", "-", "*", "/", "**", "%", "@"}
 COMPARE = {"<", "<=", ">", ">=", "==", "!="}
@@ -109,6 +109,10 @@ class _Checker:
                 want = str(prim.min_args) if prim.min_args == prim.max_args else f"{prim.min_args} or {prim.max_args}"
                 raise _err(f"{e.fn} takes {want} argument{'s' if want != '1' else ''}, got {n}", e)
             ts = [self.expr(a, env) for a in e.args]
+            if e.fn == "solve_triangular" and n == 3:
+                k = e.args[2]
+                if not (isinstance(k, Num) and k.value in (0, 1)):
+                    raise _err("the third argument of solve_triangular (upper) must be the constant 0 or 1", k)
             if e.fn == "orthogonalize" and n == 2:
                 k = e.args[1]
                 if not (isinstance(k, Num) and k.value == int(k.value) and 1 <= k.value <= 20):
@@ -201,6 +205,9 @@ class _Checker:
             raise _err("the program must declare the learning rate: hyper lr = <default>", node)
         for s in p.states:
             self._declare(s.name, s, seen, "state")
+            for x in sub_exprs(s.init):
+                if isinstance(x, Call) and x.fn in RANDOM:
+                    raise _err(f"{x.fn} cannot start a state; draw the noise in a statement", x)
             t = self.expr(s.init, env)
             if t.kind != "num":
                 raise _err(f"state {s.name!r} must start as a number or tensor, not a condition", s)

@@ -26,7 +26,7 @@ import torch
 
 from . import runtime
 from .checker import CheckInfo, check
-from .primitives import ELEMENTWISE, PARAM, ROLES, SHAPE_INPUTS
+from .primitives import ELEMENTWISE, PARAM, RANDOM, ROLES, SHAPE_INPUTS
 from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, names_in, walk_exprs
 
 INPUTS = ("w", "g", "t", "hess_diag", "rows", "cols", "ndim", "numel",
@@ -51,6 +51,9 @@ class _Gen:
         self.p = program
         self.info = info
         self.lines: list[str] = []
+        # each noise call site draws its own numbers: sites are numbered in program order
+        calls = (e for e in walk_exprs(program) if isinstance(e, Call) and e.fn in RANDOM)
+        self.sites = {id(e): i for i, e in enumerate(calls)}
 
     def expr(self, e: Expr) -> str:
         t = self.info.types.get(id(e))
@@ -77,6 +80,8 @@ class _Gen:
             return f"({a} {e.op} {b})"
         if isinstance(e, Call):
             args = ", ".join(self.expr(a) for a in e.args)
+            if e.fn in RANDOM:
+                return f"R.{e.fn}({args}, seed, v_t, {self.sites[id(e)]})"
             return f"R.{e.fn}({args})"
         raise TypeError(f"cannot compile {e!r}")  # pragma: no cover
 
@@ -95,7 +100,7 @@ class _Gen:
 
     def source(self, fn_name: str = "step") -> str:
         p = self.p
-        args = ", ".join(["state", "hyper", "first"] + [_var(n) for n in INPUTS] + ["need=None"])
+        args = ", ".join(["state", "hyper", "first"] + [_var(n) for n in INPUTS] + ["need=None", "seed=None"])
         L = self.lines
         L.append(f"def {fn_name}({args}):")
         for h in p.hypers:
@@ -257,6 +262,9 @@ class StepFunction:
     - ``role`` is the parameter's role (``hidden``, ``embedding``, ``head``, ``vector``); by
       default matrices are ``hidden`` and the rest ``vector``.
     - ``hess_diag`` must be given to programs that read it.
+    - ``seed`` (an int, or with ``batched=True`` one int per member) seeds the noise of programs
+      that draw it (``randn_like``, ``rademacher_like``); the noise is a function of (seed, t, call
+      site, element). Give each parameter its own seed: ``runtime.param_seed(seed, index)``.
 
     State tensors with the parameter's shape are stored in the parameter's own shape (as
     torch.optim does); others in their 2-D form, with the member dimension when batched.
@@ -270,6 +278,7 @@ class StepFunction:
         self._fn = _load(self.source)
         self.defaults = program.hyper_defaults
         self.uses_hess_diag = program.uses_hess_diag
+        self.uses_random = program.uses_random
         self.elementwise = acts_elementwise(program)
         self.param_states = {n for n, t in self.info.state_types.items() if t.shape == PARAM}
         self._need: dict = {}
@@ -297,7 +306,7 @@ class StepFunction:
                 out[k] = float(v)
         return out
 
-    def __call__(self, w, g, state=None, hyper=None, t=1, *, hess_diag=None, batched=False, role=None):
+    def __call__(self, w, g, state=None, hyper=None, t=1, *, hess_diag=None, batched=False, role=None, seed=None):
         if g.shape != w.shape:
             raise ValueError(f"gradient shape {tuple(g.shape)} differs from parameter shape {tuple(w.shape)}")
         if self.uses_hess_diag and hess_diag is None:
@@ -332,7 +341,8 @@ class StepFunction:
             env.update(zip(("rows", "cols", "ndim", "numel"), (rows, cols, ndim, rows * cols)))
             env.update(zip(("is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden"), flags))
             need = self._need[key] = reachable_states(self.program, env)
-        new_w, new_s = self._fn(S, H, first, W, G, t, HD, rows, cols, ndim, rows * cols, *flags, need=need)
+        seeds = _seed_tensor(seed, members, w.device) if self.uses_random else None
+        new_w, new_s = self._fn(S, H, first, W, G, t, HD, rows, cols, ndim, rows * cols, *flags, need=need, seed=seeds)
         out_state = {}
         for k, v in new_s.items():
             if k in self.param_states:
@@ -342,6 +352,20 @@ class StepFunction:
             else:
                 out_state[k] = v
         return new_w.reshape(w.shape), out_state
+
+
+def _seed_tensor(seed, members: int, device) -> torch.Tensor:
+    """Seeds as the runtime takes them: int64 [M, 1, 1]; one int serves every member."""
+    if seed is None:
+        seed = 0
+    s = torch.as_tensor(seed, dtype=torch.int64, device=device).reshape(-1)
+    if s.numel() == 1:
+        s = s.expand(members)
+    if s.numel() != members:
+        raise ValueError(f"{s.numel()} seeds for {members} members")
+    if bool((s < 0).any()):
+        raise ValueError("seeds must be non-negative integers")
+    return s.reshape(members, 1, 1)
 
 
 def compile_program(program: Program | str) -> StepFunction:

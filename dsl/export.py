@@ -36,7 +36,7 @@ from .primitives import PARAM
 from .program import Call, Name, Program, walk_exprs
 from .resolve import resolve_program
 
-_RESERVED = {"self", "params", "compile", "foreach", "role", "defaults"}
+_RESERVED = {"self", "params", "compile", "foreach", "seed", "role", "defaults"}
 
 
 def _docstring(text: str, indent: str = "") -> str:
@@ -94,7 +94,7 @@ def _init_signature(program: Program) -> tuple[str, str]:
         else:
             params.append(f"{h.name}={h.default!r}")
             passed.append(f"{h.name}={h.name}")
-    sig = ", ".join(["self", "params"] + params + ["*", "compile=False", "foreach=None"] + (["**more"] if odd else []))
+    sig = ", ".join(["self", "params"] + params + ["*", "compile=False", "foreach=None", "seed=0"] + (["**more"] if odd else []))
     body = f"dict({', '.join(passed)})"
     if odd:
         body = f"{{**{{k: v for k, v in {body}.items()}}, **more}}"
@@ -275,8 +275,9 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
         f"    PARAM_STATES = frozenset({param_states!r})",
         f"    READS = {tuple(reads)!r}",
         f"    USES_HESS_DIAG = {program.uses_hess_diag!r}",
-        f"    USES_T = {any(isinstance(e, Name) and e.id == 't' for e in walk_exprs(program))!r}",
+        f"    USES_T = {program.uses_random or any(isinstance(e, Name) and e.id == 't' for e in walk_exprs(program))!r}",
         f"    QUANTIZED = {quantized!r}",
+        f"    RANDOM = {program.uses_random!r}",
         f"    ELEMENTWISE = {_elementwise(foreach_src)!r}",
         f"    DECAYS = frozenset({sorted(_ema_decays(program))!r})",
         "    _needed_states = staticmethod(needed_states)",
@@ -287,7 +288,7 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
         f"    _step_hoisted = {'staticmethod(step_hoisted)' if hoisted_src else 'None'}",
         "",
         f"    def __init__({sig}):",
-        f"        super().__init__(params, {passed}, compile=compile, foreach=foreach)",
+        f"        super().__init__(params, {passed}, compile=compile, foreach=foreach, seed=seed)",
         "",
     ]
     source = "\n".join(parts)
@@ -334,12 +335,13 @@ def to_optimizer(program, params, **hyper):
     program text: see ``resolve_program``) on ``params`` (tensors or param-group dicts).
 
     Keyword arguments override the program's hyperparameter defaults (``lr`` included);
-    ``compile=True`` compiles the step with torch.compile and ``foreach=False`` selects the
-    per-tensor path, unless the program declares hyperparameters of those names."""
+    ``compile=True`` compiles the step with torch.compile, ``foreach=False`` selects the
+    per-tensor path and ``seed`` seeds the noise of programs that draw it, unless the program
+    declares hyperparameters of those names."""
     program = resolve_program(program)
     cls = optimizer_class(program)
     names = set(program.hyper_defaults)
-    options = {k: hyper.pop(k) for k in ("compile", "foreach") if k in hyper and k not in names}
+    options = {k: hyper.pop(k) for k in ("compile", "foreach", "seed") if k in hyper and k not in names}
     betas = {"betas"} if {"beta1", "beta2"} <= names else set()  # torch's (beta1, beta2)
     unknown = set(hyper) - names - betas
     if unknown:

@@ -6,6 +6,8 @@ in float64 on fixed random parameters, gradients and Hessian estimates for a vec
 matrix, a 4-D kernel, an embedding and a head, over a sequence of step numbers chosen to trip
 periodic actions (1…12, then values with many divisors up to 10 000), and the parameters after
 every step are hashed after rounding away the last bits (algebraic rewrites differ there).
+Programs that draw noise run with a fixed seed per case, so their fingerprint is deterministic;
+their call sites are numbered in program order, so reordering two draws changes it.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def behaviour(program: Program, steps=STEPS, cases=CASES) -> list[bytes]:
             hd = torch.randn(shape, generator=gen, dtype=torch.float64) if fn.uses_hess_diag else None
             try:
                 with torch.no_grad():
-                    w, state = fn(w, g, state, None, t, hess_diag=hd, role=role)
+                    w, state = fn(w, g, state, None, t, hess_diag=hd, role=role, seed=k)
             except (RuntimeError, ValueError) as e:  # a linear-algebra failure is behaviour too
                 out.append(f"error:{type(e).__name__}".encode())
                 break

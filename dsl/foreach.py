@@ -659,9 +659,9 @@ def mixed_names(program: Program, info: CheckInfo) -> set[str]:
 
 def generate_foreach_source(program: Program, info: CheckInfo | None = None, fn_name: str = "step_foreach") -> str | None:
     """Source of the multi-tensor step function of ``program``, or None where it has none
-    (quantized state)."""
+    (quantized state, seeded noise)."""
     info = info or check(program)
-    if any(s.storage != "float" for s in program.states):
+    if any(s.storage != "float" for s in program.states) or program.uses_random:
         return None
     return _ForeachGen(program, info).source(fn_name)
 

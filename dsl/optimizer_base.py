@@ -32,6 +32,11 @@ calls ``ProgramOptimizer.__init__`` with its hyperparameters. What it does:
 - Hyperparameters are checked when set through the constructor or ``add_param_group``
   (``ValueError`` naming the hyperparameter). A program with ``beta1`` and ``beta2`` also has
   torch's ``betas``, a two-way view of the pair (schedulers that cycle momentum drive beta1).
+- Programs that draw seeded noise (``randn_like``, ``rademacher_like``) run the per-tensor step
+  only. Each parameter keeps its noise seed in its state (``"seed"``, an int: the optimizer's
+  ``seed`` in the low 32 bits, the parameter's position among all parameters above them, as
+  evaluation seeds a member's parameters); the noise is a function of that seed, the step count
+  and the call site, so a run resumed from a ``state_dict`` draws exactly the noise of an unbroken one.
 - Programs that read ``hess_diag`` need ``step(closure)``: the closure must clear the gradients,
   compute the loss, call ``loss.backward(create_graph=True)`` and return the loss. The optimizer
   then forms Hutchinson's estimate ``z * (H z)`` with one Rademacher vector ``z`` per parameter
@@ -47,6 +52,7 @@ ROLES = ("hidden", "embedding", "head", "vector")
 # The static per-parameter inputs of a step function, in its argument order.
 SHAPE_INPUTS = ("rows", "cols", "ndim", "numel", "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
 STEP_KEY = "step"
+SEED_KEY = "seed"
 # On the CPU the multi-tensor step runs on blocks of about this many elements, so that the
 # several passes of one step reuse the cache instead of streaming the whole model each time.
 CPU_BLOCK = 1 << 20
@@ -177,8 +183,9 @@ class ProgramOptimizer(torch.optim.Optimizer):
     PARAM_STATES = frozenset()  # the states with the parameter's shape
     READS = ()  # the shape inputs (SHAPE_INPUTS) the program reads
     USES_HESS_DIAG = False
-    USES_T = True  # the program reads the step count t (else no "step" is stored)
+    USES_T = True  # the program reads the step count t or draws noise (else no "step" is stored)
     QUANTIZED = False  # some state is stored quantized (per-tensor path only)
+    RANDOM = False  # the program draws seeded noise (per-tensor path only)
     ELEMENTWISE = False  # the multi-tensor step is elementwise: it may run on flat slices
     DECAYS = frozenset()  # hyperparameters the program uses as an EMA decay (ema's third argument)
     _REBUILD = None  # set by optdisco.dsl.to_optimizer: rebuilds the class from PROGRAM when unpickled
@@ -189,7 +196,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
     _statics = None  # staticmethod: static values of a step (for compile=True)
     _step_hoisted = None  # staticmethod: the per-tensor step reading them (for compile=True)
 
-    def __init__(self, params, defaults, *, compile=False, foreach=None):
+    def __init__(self, params, defaults, *, compile=False, foreach=None, seed=0):
         if "betas" in defaults and self._has_betas():
             defaults = dict(defaults)
             b = defaults.pop("betas")
@@ -200,13 +207,16 @@ class ProgramOptimizer(torch.optim.Optimizer):
         if unknown:
             raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)}; {type(self).__name__} has {sorted(self.HYPERS)}")
         if foreach and self._step_foreach is None:
-            raise ValueError("this program has no multi-tensor form (quantized state); use foreach=False")
+            raise ValueError("this program has no multi-tensor form (quantized state or seeded noise); use foreach=False")
         if compile and self._step_hoisted is None:
-            raise ValueError("compile=True does not support quantized state yet")
+            raise ValueError("compile=True does not support quantized state or seeded noise yet")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
+        self.seed = seed
         self.compile = bool(compile)
         self.foreach = self._step_foreach is not None if foreach is None else bool(foreach)
         self._read_idx = tuple(SHAPE_INPUTS.index(n) for n in self.READS)
-        self._keys = {n: (n if n != STEP_KEY else STEP_KEY + "'") for n in self.STATE_NAMES}
+        self._keys = {n: (n if n not in (STEP_KEY, SEED_KEY) else n + "'") for n in self.STATE_NAMES}
         self._scratch = {}
         self._infos = {}
         self._compiled = {}
@@ -222,7 +232,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
 
     def __getstate__(self):
         state = super().__getstate__()
-        state.update(compile=self.compile, foreach=self.foreach)
+        state.update(compile=self.compile, foreach=self.foreach, seed=self.seed)
         state["param_groups"] = [dict(g) for g in state["param_groups"]]
         return state
 
@@ -254,8 +264,9 @@ class ProgramOptimizer(torch.optim.Optimizer):
         self._wrap_groups()
         self.__dict__.setdefault("compile", False)
         self.__dict__.setdefault("foreach", self._step_foreach is not None)
+        self.__dict__.setdefault("seed", 0)
         self._read_idx = tuple(SHAPE_INPUTS.index(n) for n in self.READS)
-        self._keys = {n: (n if n != STEP_KEY else STEP_KEY + "'") for n in self.STATE_NAMES}
+        self._keys = {n: (n if n not in (STEP_KEY, SEED_KEY) else n + "'") for n in self.STATE_NAMES}
         for k, v in dict(_scratch={}, _infos={}, _compiled={}, _fast={}).items():
             self.__dict__.setdefault(k, v)
 
@@ -340,8 +351,11 @@ class ProgramOptimizer(torch.optim.Optimizer):
         need = type(self)._needed_states(*info)
         first = type(self)._init_state(hyper, p.reshape(lay), g.reshape(lay), 1,
                                         None if hd is None else hd.reshape(lay), *info, need)
-        if self.USES_T and "t" in need:
+        if self.USES_T and ("t" in need or self.RANDOM):  # noise is drawn from the step count
             state[STEP_KEY] = torch.zeros((), dtype=torch.float32)
+        if self.RANDOM:  # the parameter's position among all parameters, in the low 32 bits' company
+            index = next(i for i, q in enumerate(q for gr in self.param_groups for q in gr["params"]) if q is p)
+            state[SEED_KEY] = (self.seed & 0xFFFFFFFF) | (index << 32)
         self._from_program(first, p, state)
         for n in self.STATE_NAMES:  # own storage, never a view of the parameter or gradient
             k = self._keys[n]
@@ -388,7 +402,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
             hd = hess.get(p) if hess is not None else None
             info = self._info(p, role)
             state = self.state[p]
-            if not state and (self.USES_T or self.STATE_NAMES):
+            if not state and (self.USES_T or self.STATE_NAMES or self.RANDOM):
                 self._init_param_state(p, g, hd, hyper, info, state)
             entries.append((p, g, state, info, hd))
         if not entries:
@@ -410,8 +424,11 @@ class ProgramOptimizer(torch.optim.Optimizer):
             lay = (1, info[0], info[1])
             S = self._to_program(state, lay)
             w_in = p.reshape(lay)
+            seed = None
+            if self.RANDOM:
+                seed = torch.full((1, 1, 1), state[SEED_KEY], dtype=torch.int64, device=p.device)
             new_w, new_s = step(S, hyper, False, w_in, g.reshape(lay), t,
-                                None if hd is None else hd.reshape(lay), *info, need=self._present(state))
+                                None if hd is None else hd.reshape(lay), *info, need=self._present(state), seed=seed)
             _write_back(p, w_in, new_w)
             self._from_program(new_s, p, state)
 

@@ -271,6 +271,47 @@ _add("sorting_perm", 1, _sorting_perm, "perm",
 _add("eye_like", 1, _same_shape_tensor("eye_like"), "like",
      "a matrix shaped like x with ones on its main diagonal and zeros elsewhere")
 
+
+# -- triangular matrices -------------------------------------------------------------------------
+def _solve_triangular(ts: Sequence[Type]) -> Type:
+    _num(ts, "solve_triangular")
+    a, b = ts[0], ts[1]
+    for i, t in enumerate((a, b)):
+        if t.is_scalar:
+            raise ShapeError("solve_triangular is a matrix operation and needs tensors, got a scalar", i)
+    if a.shape[0] != a.shape[1]:
+        raise ShapeError(f"solve_triangular needs a square matrix A, got {a.shape[0]}×{a.shape[1]}", 0)
+    if a.shape[1] != b.shape[0]:
+        raise ShapeError(f"solve_triangular of {a.shape[0]}×{a.shape[1]} and {b.shape[0]}×{b.shape[1]}: "
+                         "A's columns differ from B's rows", 1)
+    return Type("num", b.shape, False)
+
+
+_add("triu", 1, _same_shape_tensor("triu"), "triangle", "upper triangle of x (the main diagonal and above; zeros below)")
+_add("tril", 1, _same_shape_tensor("tril"), "triangle", "lower triangle of x (the main diagonal and below; zeros above)")
+_add("solve_triangular", 2, _solve_triangular, "solve",
+     "solve_triangular(A, B[, upper]): X with A·X = B for triangular A, reading A's lower triangle, or its upper "
+     "triangle when the constant upper is 1 (as torch.linalg.solve_triangular)", max_args=3)
+
+# -- seeded noise (deterministic: a function of the seed, the step, the call site and the element) -
+def _noise(name: str):
+    def rule(ts: Sequence[Type]) -> Type:
+        _num(ts, name)
+        if ts[0].static:
+            raise ShapeError(f"{name} needs a tensor computed from w or g (its shape is the noise's), "
+                             "got a static scalar", 0)
+        return Type("num", ts[0].shape, False)
+
+    return rule
+
+
+_add("randn_like", 1, _noise("randn_like"), "noise",
+     "standard Gaussian noise shaped like x, a function of (seed, t, parameter, call site)")
+_add("rademacher_like", 1, _noise("rademacher_like"), "noise",
+     "±1 with equal probability, shaped like x, a function of (seed, t, parameter, call site)")
+RANDOM = frozenset({"randn_like", "rademacher_like"})
+"""Primitives that draw seeded noise: their step function takes a ``seed``."""
+
 PRIMITIVES: dict[str, Primitive] = {p.name: p for p in _P}
 
 ELEMENTWISE = frozenset(p.name for p in _P if p.family in ("unary", "binary", "clip", "mix", "where")) | {

@@ -139,6 +139,11 @@ class Program:
     def uses_hess_diag(self) -> bool:
         return any(isinstance(e, Name) and e.id == "hess_diag" for e in walk_exprs(self))
 
+    @property
+    def uses_random(self) -> bool:
+        """The program draws seeded noise (randn_like, rademacher_like)."""
+        return any(isinstance(e, Call) and e.fn in ("randn_like", "rademacher_like") for e in walk_exprs(self))
+
     def with_defaults(self, **defaults: float) -> "Program":
         """A copy whose hyperparameter defaults are replaced (names must exist)."""
         known = self.hyper_defaults

@@ -413,12 +413,92 @@ def eye_like(x):
     return torch.eye(r, c, dtype=x.dtype, device=x.device).expand(x.shape).clone()
 
 
+def triu(x):
+    return torch.triu(x)
+
+
+def tril(x):
+    return torch.tril(x)
+
+
+def solve_triangular(a, b, upper=0):
+    """X with A·X = B, A triangular (its lower triangle, or its upper one when ``upper`` is 1); a
+    bfloat16 or float16 system is solved in float32 and the result cast back, as the decompositions."""
+    x = torch.linalg.solve_triangular(_decomposable(a), _decomposable(b).to(_decomposable(a).dtype),
+                                      upper=bool(upper))
+    return x.to(b.dtype)
+
+
 def zeros_like(x):
     return torch.zeros_like(x) if _t(x) else 0.0
 
 
 def ones_like(x):
     return torch.ones_like(x) if _t(x) else 1.0
+
+
+# -- seeded noise ------------------------------------------------------------------------------------
+# Noise is a pure function of (seed, t, call site, element): a counter-based hash, so a member, a
+# parameter and a step always see the same numbers, on any device and whatever ran before (resuming
+# from a state_dict gives the very noise of an unbroken run). ``seed`` is an int64 tensor [M, 1, 1],
+# one per member; callers fold the parameter's index into it (``param_seed``). The hash is Chris
+# Wellons' lowbias32 (hash-prospector) on 32-bit words held in int64, with each product taken
+# modulo 2^32 in two 16-bit halves so that no int64 product overflows. It is not cryptographic.
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x, c):
+    """(x * c) mod 2^32 for int64 tensors 0 <= x < 2^32 and a constant c < 2^32."""
+    return ((x & 0xFFFF) * c + (((x >> 16) * c) & 0xFFFF) * 65536) & _M32
+
+
+def _hash32(x):
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def param_seed(seed: int, index: int) -> int:
+    """The seed of parameter ``index`` (its position in the model) of a run seeded with ``seed``:
+    the low 32 bits of ``seed`` and the index above them."""
+    return (int(seed) & _M32) | (int(index) << 32)
+
+
+def _noise_bits(x, seed, t, site, stream):
+    """32 random bits per element of x (int64, x's shape [M, R, C]) for a stream (0, 1, ...)."""
+    if seed is None:
+        seed = torch.zeros((x.shape[0], 1, 1), dtype=torch.int64, device=x.device)
+    key = _hash32(seed & _M32)
+    key = _hash32(key ^ ((seed >> 32) & _M32))
+    key = _hash32(key ^ (int(t) & _M32))
+    key = _hash32(key ^ (int(site) * 4 + int(stream)))
+    n = x.shape[-2] * x.shape[-1]
+    idx = torch.arange(n, dtype=torch.int64, device=x.device).reshape((1,) + tuple(x.shape[-2:]))
+    return _hash32(_hash32(idx & _M32) ^ key)
+
+
+def _unit(bits, dtype):
+    """Bits to a uniform value in (0, 1), never 0 or 1."""
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    return (bits.to(work) + 0.5) * (1.0 / 4294967296.0)
+
+
+def randn_like(x, seed=None, t=1, site=0):
+    """Standard Gaussian noise shaped like x (Box–Muller on two hashed streams), x's dtype."""
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    u1 = _unit(_noise_bits(x, seed, t, site, 0), work)
+    u2 = _unit(_noise_bits(x, seed, t, site, 1), work)
+    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+    return z.expand(x.shape).to(x.dtype) if z.shape != x.shape else z.to(x.dtype)
+
+
+def rademacher_like(x, seed=None, t=1, site=0):
+    """±1 with equal probability, shaped like x, in x's dtype."""
+    bit = (_noise_bits(x, seed, t, site, 0) >> 31) & 1
+    z = (2 * bit - 1).to(x.dtype)
+    return z.expand(x.shape) if z.shape != x.shape else z
 
 
 # -- state ---------------------------------------------------------------------------------------

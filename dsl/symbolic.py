@@ -17,7 +17,7 @@ import sympy as sp
 
 from .checker import check
 from .errors import DSLError
-from .primitives import INPUT_TYPES, PRIMITIVES
+from .primitives import INPUT_TYPES, PRIMITIVES, RANDOM
 from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, influences_w, names_in
 
 _ELEMENTWISE = {
@@ -94,6 +94,8 @@ def to_sympy(e: Expr, env: dict[str, sp.Expr] | None = None):
         if e.fn == "where":
             c, a, b = args
             return sp.Piecewise((a, c), (b, True))
+        if e.fn in RANDOM:  # each draw is its own value: randn_like(g) - randn_like(g) is not 0
+            return _opaque(e.fn)(*args, sp.Dummy("draw"))
         return _opaque(e.fn)(*args)
     raise TypeError(f"cannot convert {e!r}")
 
@@ -199,6 +201,8 @@ def from_sympy(x) -> Expr:
         args = tuple(from_sympy(a) for a in x.args)
         if name == "matmul":
             return BinOp("@", *args)
+        if name in RANDOM:
+            return Call(name, args[:-1])  # without the draw's identity
         if name in PRIMITIVES:
             return Call(name, args)
     raise _Unconvertible(f"no language form for {type(x).__name__}")
@@ -346,6 +350,9 @@ def latex_name(name: str) -> str:
 
 def _latex_expr(e: Expr) -> str:
     x = to_sympy(e)
+    for fn in RANDOM:  # a draw prints without its identity
+        x = x.replace(lambda a, fn=fn: isinstance(a, sp.core.function.AppliedUndef) and type(a).__name__ == fn,
+                      lambda a: sp.Function(type(a).__name__, real=True)(*a.args[:-1]))
     names = {s: sp.Symbol(latex_name(s.name)) for s in x.free_symbols}
     return sp.latex(x.xreplace(names))
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from optdisco.dsl.runtime import param_seed
+
 from .allocator import retain_freed_memory
 from .hessian import EPS, hutchinson
 from .schedule import Schedule
@@ -208,10 +210,11 @@ def run_members(
                     )
                     params = _split(flat, shapes)
                 else:
-                    for name in params:
+                    for index, name in enumerate(params):
+                        seed = [param_seed(s, index) for s in cur_seeds] if fn.uses_random else None
                         params[name], state[name] = fn(
                             params[name], grads[name], state[name], hyp, t,
-                            batched=True, role=roles[name], hess_diag=None if hess is None else hess[name],
+                            batched=True, role=roles[name], hess_diag=None if hess is None else hess[name], seed=seed,
                         )
         except ValueError as e:
             if "differs across members" in str(e) and len(cur_seeds) > 1:
