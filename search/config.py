@@ -201,7 +201,7 @@ class SearchConfig:
     objectives: tuple[str, ...] = ("loss",)
 
     def __post_init__(self):
-        for key in ("seed_programs", "suite", "heldout", "validate_baselines"):  # "a,b" as from the command line
+        for key in ("seed_programs", "suite", "heldout", "validate_baselines", "objectives"):  # "a,b" as typed
             v = getattr(self, key)
             if isinstance(v, str):
                 setattr(self, key, tuple(s.strip() for s in v.split(",") if s.strip()))

@@ -63,8 +63,10 @@ def test_unknown_task_fails_at_once_without_ray_or_store(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 2
     assert p.stdout.strip() == "False"  # Ray never imported, let alone started
-    assert p.stderr.strip() == ("optdisco search: task: unknown task 'nosuch'; known tasks: digits, lm, memory, "
-                                "mlp, quadratic (see optdisco tasks)")
+    from optdisco import proxies
+
+    assert p.stderr.strip() == (f"optdisco search: task: unknown task 'nosuch'; known tasks: "
+                                f"{', '.join(proxies.names())} (see optdisco tasks)")
     assert list(tmp_path.iterdir()) == []
 
 
