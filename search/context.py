@@ -89,7 +89,22 @@ def describe(ctx: dict | None) -> str:
 def export_context(ctx: dict | None) -> dict | None:
     """What :func:`optdisco.dsl.export_python` takes from a context: the tuned defaults, the
     schedule and a line saying where they come from."""
-    if not ctx or "lr" not in ctx:
+    if not ctx:
+        return None
+    if "tasks" in ctx and ctx["tasks"]:
+        # a suite: each task tuned its own lr; the class defaults to their geometric mean (the
+        # docstring lists each), with the schedule's shape and the tasks' median length
+        per = list(ctx["tasks"].values())
+        lr = ctx.get("lr") or math.exp(sum(math.log(c["lr"]) for c in per) / len(per))
+        shared = {k: v for k, v in per[0].get("hyper", {}).items() if all(c.get("hyper", {}).get(k) == v for c in per)}
+        sched = next((dict(c["schedule"]) for c in per if c.get("schedule")), None)
+        if sched is not None:
+            lengths = sorted(c["schedule"]["steps"] for c in per if c.get("schedule"))
+            sched["steps"] = lengths[len(lengths) // 2]
+        about = (f"lr {lr:.3g}: the geometric mean of the lr tuned on each task of the suite ("
+                 + ", ".join(f"{name} {c['lr']:.3g}" for name, c in ctx["tasks"].items()) + ")")
+        return {"defaults": {"lr": lr, **shared}, "schedule": sched, "about": about}
+    if "lr" not in ctx:
         return None
     defaults = {"lr": ctx["lr"], **ctx.get("hyper", {})}
     return {"defaults": defaults, "schedule": ctx.get("schedule"), "about": describe(ctx)}

@@ -125,3 +125,17 @@ def test_simplification_removes_a_disguised_identity():
               "v = ema(v, g * g, 0.99)\nw = w - lr * m / (sign(sqrt(v * 2)) + eps)\n")
     out = simplify_program(p).program
     assert "sign" not in out.to_text() and out.state_names == ("m",)
+
+
+def test_a_suite_winner_exports_with_the_geometric_mean_of_its_tuned_lrs():
+    from optdisco.search.context import export_context
+
+    sched = {"name": "warmup_cosine", "warmup": 0.05, "floor": 0.01}
+    ctx = {"tasks": {"a": {"lr": 1e-3, "hyper": {"r": 0.1}, "schedule": dict(sched, steps=50)},
+                     "b": {"lr": 1e-1, "hyper": {"r": 0.1}, "schedule": dict(sched, steps=200)},
+                     "c": {"lr": 1e-2, "hyper": {"r": 0.3}, "schedule": dict(sched, steps=400)}}}
+    out = export_context(ctx)
+    assert out["defaults"]["lr"] == pytest.approx(1e-2)
+    assert "r" not in out["defaults"]  # the tasks disagree on it
+    assert out["schedule"]["steps"] == 200 and out["schedule"]["warmup"] == 0.05
+    assert "a 0.001" in out["about"] and "b 0.1" in out["about"]
