@@ -39,7 +39,7 @@ def run_search(path: Path, strategy: str, args) -> "object":
         run = Run(path)
         done = run.stats()["evaluations"]
         run.close()
-        if done >= args.budget and Run(path).stats()["finished"]:
+        if done >= args.budget:
             print(f"{strategy}: {path} already holds {done} evaluations", file=sys.stderr)
             return Run(path)
         search = Search.resume(path, budget=args.budget, workers=args.workers, executor=args.executor)
@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     for strategy in args.strategies.split(","):
         run = run_search(out / f"{strategy}-seed{args.seed}.db", strategy, args)
         val = run.validation()
-        if val is None:
+        best_id = run.best(1)[0]["id"]
+        if val is None or [s["original"] for s in val.get("simplified", [])] != [best_id]:
             print(f"{strategy}: simplifying and validating the best program on the held-out suite", file=sys.stderr)
             val = finalize(run, top=1, seeds=3, baselines=DEFAULT_BASELINES,
                            log=lambda s: print("  " + s, file=sys.stderr))

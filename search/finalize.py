@@ -28,11 +28,17 @@ from .simplify import simplify_program
 from .store import RunStore
 
 
+def writable(run: Run) -> Run:
+    """``run``, or the same store reopened for writing if ``run`` was opened read-only."""
+    return Run(run.path, writable=True) if getattr(run.store, "readonly", False) else run
+
+
 def simplify_best(run: Run, top: int = 1, tolerance: float = 0.01, evaluator: Callable | None = None,
                   log: Callable[[str], None] | None = None) -> list[dict]:
     """Simplify the ``top`` best programs of the last tier; record each simplified program (when
     it differs) as a candidate. Returns ``[{"candidate", "original", "program", "fitness_before",
     "fitness_after", "evaluations"}]``."""
+    run = writable(run)
     say = log or (lambda s: None)
     last = len(run.config.tiers) - 1
     tier = run.tier(last)
@@ -87,6 +93,7 @@ def validate_heldout(run: Run, programs: list[tuple[str, str]], baselines=DEFAUL
     from optdisco.dsl import parse
     from optdisco.evaluate.validate import suite_table, validate_suite
 
+    run = writable(run)
     tasks = list(run.config.heldout)
     reports = validate_suite([parse(t) for _, t in programs], tuple(baselines), tasks=tasks, seeds=seeds,
                              names=[n for n, _ in programs], log=log)
@@ -99,6 +106,7 @@ def validate_heldout(run: Run, programs: list[tuple[str, str]], baselines=DEFAUL
 def finalize(run: Run, top: int = 1, seeds: int = 3, baselines=DEFAULT_BASELINES, tolerance: float = 0.01,
              log: Callable[[str], None] | None = None) -> dict:
     """Simplify the ``top`` best programs and validate them on the held-out suite (module doc)."""
+    run = writable(run)
     simplified = simplify_best(run, top, tolerance, log=log)
     programs = [(f"found{i}", s["program"]) for i, s in enumerate(simplified, 1)]
     if not programs:

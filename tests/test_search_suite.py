@@ -139,3 +139,23 @@ def test_a_suite_winner_exports_with_the_geometric_mean_of_its_tuned_lrs():
     assert "r" not in out["defaults"]  # the tasks disagree on it
     assert out["schedule"]["steps"] == 200 and out["schedule"]["warmup"] == 0.05
     assert "a 0.001" in out["about"] and "b 0.1" in out["about"]
+
+
+def test_finalize_simplifies_and_validates_on_the_heldout_suite(tmp_path, monkeypatch):
+    """End of a run: the best program simplified and recorded, then validated per held-out task
+    against the baselines, stored, and shown by the report in its own section."""
+    from optdisco.search import finalize as fin
+    from optdisco.search.report import write_report
+
+    run = Search(_config(tmp_path, heldout=("quadratic",)), store=tmp_path / "f.db", evaluator=suite_eval).run()
+    monkeypatch.setattr(fin, "ProxyEvaluator", lambda: suite_eval)
+    out = fin.finalize(run, top=1, seeds=2, baselines=("adamw", "sgd"))
+    assert [r["name"] for r in out["tasks"]["quadratic"]] == ["found1", "adamw", "sgd"]
+    assert {r["verdict"] for r in out["tasks"]["quadratic"][1:]} <= {"reference", "better", "worse",
+                                                                    "tie (within seed spread)"}
+    from optdisco.search import Run
+
+    again = Run(tmp_path / "f.db")
+    assert again.validation()["table"] == out["table"] and "| found1 |" in out["table"]
+    text = (write_report(again) / "report.md").read_text()
+    assert "## Validation on the held-out suite" in text and out["table"] in text
