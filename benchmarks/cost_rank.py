@@ -16,26 +16,7 @@ import argparse
 import sys
 import time
 
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's τ-b of two equally long lists (ties counted in neither pair set)."""
-    n = len(a)
-    conc = disc = ties_a = ties_b = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif (da > 0) == (db > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = ((conc + disc + ties_a) * (conc + disc + ties_b)) ** 0.5
-    return (conc - disc) / denom if denom else float("nan")
+from optdisco.evaluate.rank import kendall_tau
 
 
 def step_time(program, repeats: int, warmup: int) -> float:

@@ -28,28 +28,9 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from optdisco.evaluate.rank import kendall_tau
+
 METHODS = ("adamw", "adam", "nadam", "sgd", "momentum", "lion", "signum", "rmsprop", "adafactor", "muon")
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's τ-b of two equally long lists (ties in either list count as neither)."""
-    n = len(a)
-    conc = disc = ties_a = ties_b = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif (da > 0) == (db > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = math.sqrt((conc + disc + ties_a) * (conc + disc + ties_b))
-    return (conc - disc) / denom if denom else math.nan
 
 
 def _job(args):

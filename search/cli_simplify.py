@@ -25,13 +25,11 @@ def register(sub) -> None:
 def cmd_simplify(args) -> int:
     import time
 
-    from optdisco.dsl import fingerprint
-
     from .context import describe, tuned_context
     from .evaluator import Job, ProxyEvaluator, run_job
     from .run import Run
     from .simplify import simplify_program
-    from .store import RunStore
+    from .finalize import record_simplified
 
     try:
         run = Run(args.store, writable=True)
@@ -40,7 +38,7 @@ def cmd_simplify(args) -> int:
         return 2
     cfg = run.config
     last = len(cfg.tiers) - 1
-    tier = cfg.tiers[last]
+    tier = run.tier(last)  # a suite's tier with its stored reference fitnesses
     evaluator = ProxyEvaluator()
     best = [b for b in run.best(args.top * 3) if b["origin"] != "simplified" and b["tier_reached"] == last][: args.top]
     if not best:
@@ -77,17 +75,7 @@ def cmd_simplify(args) -> int:
         if res.program == b["program"]:
             continue
 
-        def tx(c, res=res, b=b, out=out):
-            cid = RunStore.add_candidate(c, program=res.program.to_text(), fingerprint=fingerprint(res.program),
-                                         parents=[b["id"]], mutation="simplify", detail=f"tolerance {args.tolerance:g}",
-                                         origin="simplified", proposal=None, status="done", tier_reached=last,
-                                         fitness=res.fitness_after)
-            if out is not None:
-                RunStore.add_evaluation(c, candidate=cid, tier=last, task=tier.name, fitness=out.fitness,
-                                        result=out.result, wall=out.wall, worker=out.worker, error=out.error)
-            return cid
-
-        cid = run.store.transaction(tx)
+        cid = record_simplified(run, b["id"], res, out, last, tier.name, args.tolerance)
         print(f"recorded as candidate {cid}")
         if args.out:
             path = Path(args.out) / f"rank{rank}.opt"

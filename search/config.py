@@ -131,6 +131,18 @@ class Tier:
         return Tier(**d)
 
 
+def tier_with_references(config: "SearchConfig", references: dict, i: int) -> Tier:
+    """Tier ``i`` of ``config`` with its suite's reference fitnesses (``references``: a run
+    store's ``references`` meta, keyed by tier index) filled in; a single-task tier as it is."""
+    t = config.tiers[i]
+    if not t.is_suite:
+        return t
+    refs = references.get(str(i))
+    if refs is None:
+        raise ValueError(f"tier {i}'s reference fitnesses were never computed")
+    return t.with_references(refs)
+
+
 def default_tiers(task: str | None = None, suite: tuple[str, ...] | None = None) -> tuple[Tier, ...]:
     """The default funnel: the proxy run with one seed on a coarse 5-point LR grid, then the
     standard protocol (8-point grid, two seeds) for the best quarter. (A shortened first tier

@@ -446,13 +446,12 @@ class Search:
     # -- references and the held-out suite ----------------------------------------------------------
     def tier(self, i: int):
         """Tier ``i`` of the funnel, with its suite's reference fitnesses filled in."""
-        t = self.config.tiers[i]
-        if not t.is_suite:
-            return t
-        refs = self.store.get_meta("references", {}).get(str(i))
-        if refs is None:
-            raise SearchError(f"tier {i}'s reference fitnesses are not computed yet")
-        return t.with_references(refs)
+        from .config import tier_with_references
+
+        try:
+            return tier_with_references(self.config, self.store.get_meta("references", {}), i)
+        except ValueError as e:
+            raise SearchError(str(e)) from None
 
     def heldout_tier(self):
         """The held-out suite as a tier: the standard protocol (8-point grid, extension, two

@@ -33,6 +33,23 @@ def writable(run: Run) -> Run:
     return Run(run.path, writable=True) if getattr(run.store, "readonly", False) else run
 
 
+def record_simplified(run: Run, parent: int, res, out, tier: int, task: str, tolerance: float) -> int:
+    """Record a simplified program as a candidate (origin ``simplified``, parent ``parent``) with
+    its evaluation ``out`` on ``tier`` when there is one; returns its id."""
+
+    def tx(c):
+        cid = RunStore.add_candidate(c, program=res.program.to_text(), fingerprint=fingerprint(res.program),
+                                     parents=[parent], mutation="simplify", detail=f"tolerance {tolerance:g}",
+                                     origin="simplified", proposal=None, status="done", tier_reached=tier,
+                                     fitness=res.fitness_after)
+        if out is not None:
+            RunStore.add_evaluation(c, candidate=cid, tier=tier, task=task, fitness=out.fitness,
+                                    result=out.result, wall=out.wall, worker=out.worker, error=out.error)
+        return cid
+
+    return run.store.transaction(tx)
+
+
 def simplify_best(run: Run, top: int = 1, tolerance: float = 0.01, evaluator: Callable | None = None,
                   log: Callable[[str], None] | None = None) -> list[dict]:
     """Simplify the ``top`` best programs of the last tier; record each simplified program (when
@@ -60,17 +77,7 @@ def simplify_best(run: Run, top: int = 1, tolerance: float = 0.01, evaluator: Ca
         if res.program != b["program"]:
             out = outcomes.get(res.program)
 
-            def tx(c, res=res, b=b, out=out):
-                new = RunStore.add_candidate(c, program=res.program.to_text(), fingerprint=fingerprint(res.program),
-                                             parents=[b["id"]], mutation="simplify", detail=f"tolerance {tolerance:g}",
-                                             origin="simplified", proposal=None, status="done", tier_reached=last,
-                                             fitness=res.fitness_after)
-                if out is not None:
-                    RunStore.add_evaluation(c, candidate=new, tier=last, task=tier.name, fitness=out.fitness,
-                                            result=out.result, wall=out.wall, worker=out.worker, error=out.error)
-                return new
-
-            cid = run.store.transaction(tx)
+            cid = record_simplified(run, b["id"], res, out, last, tier.name, tolerance)
         say(f"  -> {res.removed_statements} statements fewer, fitness {res.fitness_after:.5g} ({res.evaluations} evaluations)")
         done.append(dict(candidate=cid, original=b["id"], program=res.program.to_text(),
                          fitness_before=res.fitness_before, fitness_after=res.fitness_after,

@@ -46,13 +46,12 @@ class Run:
 
     def tier(self, i: int):
         """Tier ``i`` of the funnel with its suite's stored reference fitnesses filled in."""
-        t = self.config.tiers[i]
-        if not t.is_suite:
-            return t
-        refs = self.store.get_meta("references", {}).get(str(i))
-        if refs is None:
-            raise ValueError(f"{self.path}: tier {i}'s reference fitnesses were never computed")
-        return t.with_references(refs)
+        from .config import tier_with_references
+
+        try:
+            return tier_with_references(self.config, self.store.get_meta("references", {}), i)
+        except ValueError as e:
+            raise ValueError(f"{self.path}: {e}") from None
 
     def heldout(self) -> dict[int, dict]:
         """Held-out suite evaluations of finalists during the run, by candidate id."""

@@ -159,3 +159,14 @@ def test_finalize_simplifies_and_validates_on_the_heldout_suite(tmp_path, monkey
     assert again.validation()["table"] == out["table"] and "| found1 |" in out["table"]
     text = (write_report(again) / "report.md").read_text()
     assert "## Validation on the held-out suite" in text and out["table"] in text
+
+
+def test_kendall_tau_against_pairs_counted_by_hand():
+    from optdisco.evaluate.rank import kendall_tau
+
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    # pairs of [1,2,3,4] vs [1,3,2,4]: 5 concordant, 1 discordant -> 4/6
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    # one tie in b ([1,1,2]): pairs (0,1) tied in b, (0,2), (1,2) concordant -> 2/sqrt(3*2)
+    assert kendall_tau([1, 2, 3], [1, 1, 2]) == pytest.approx(2 / math.sqrt(6))
