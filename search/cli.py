@@ -160,7 +160,8 @@ def _version() -> str:
 
 
 # Modules that add command groups: each defines register(subparsers).
-_COMMAND_MODULES = ("cli_search", "cli_simplify", "cli_report", "cli_tasks", "cli_validate", "cli_export")
+_COMMAND_MODULES = ("cli_search", "cli_simplify", "cli_finalize", "cli_report", "cli_tasks", "cli_validate",
+                    "cli_export")
 
 
 def main(argv=None) -> int:

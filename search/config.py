@@ -174,7 +174,7 @@ class SearchConfig:
     the meta-overfitting curve, never read by selection.
     validate_top: at the end of the run the best that many programs are simplified and
     validated on the held-out suite with ``validate_seeds`` seeds against tuned
-    ``validate_baselines`` (0: skip; ``optdisco validate-run`` does it later).
+    ``validate_baselines`` (0: skip; ``optdisco finalize RUN.db`` does it later).
     seed_programs: library programs that warm-start the population (``["all"]`` for every one).
     population / tournament: aging-evolution sizes. max_statements: the length limit.
     restart_after: evaluations without improvement after which the population restarts from

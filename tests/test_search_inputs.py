@@ -117,6 +117,7 @@ def test_foreign_files_are_refused_and_left_byte_for_byte_unchanged(tmp_path, ca
             (["report", str(path), "--baselines", "sgd"], "report"),
             (["export", str(path)], "export"),
             (["simplify", str(path)], "simplify"),
+            (["finalize", str(path)], "finalize"),
             (["search", "--store", str(path), "--executor", "local", "--no-progress"], "search"),
             (["search", "--resume", str(path), "--no-progress"], "search"),
         ):
