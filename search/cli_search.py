@@ -183,5 +183,6 @@ def cmd_search(args) -> int:
         out = write_report(run)
         print(f"report: {out / 'report.md'}")
     print(f"run store: {run.path}")
-    print(f"next: optdisco simplify {run.path} --top 3;  optdisco report {run.path}")
+    print(f"next: optdisco finalize {run.path}  (simplify the best, validate it on the held-out tasks);  "
+          f"optdisco report {run.path}")
     return 0
