@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from .errors import DSLError
 from .parser import KEYWORDS, MAX_CONSTANT
-from .primitives import INPUT_TYPES, PARAM, PRIMITIVES, RANDOM, SCALAR, ShapeError, Type, broadcast, matmul_rule
-from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, influences_w, names_in, sub_exprs, walk_stmts
+from .primitives import GLOBAL as GLOBAL_FNS
+from .primitives import INPUT_TYPES, PARAM, PRIMITIVES, RANDOM, SCALAR, SHAPE_INPUTS, ShapeError, Type, broadcast, matmul_rule
+from .program import GLOBAL, Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, influences_w, names_in, sub_exprs, walk_stmts
 
 ARITH = {"+", "-", "*", "/", "**", "%", "@"}
 COMPARE = {"<", "<=", ">", ">=", "==", "!="}
@@ -26,6 +27,7 @@ class CheckInfo:
     types: dict[int, Type] = field(default_factory=dict)  # id(expr node) -> Type
     state_types: dict[str, Type] = field(default_factory=dict)
     cond_hypers: set[str] = field(default_factory=set)  # hyperparameters read by if-conditions
+    global_states: set[str] = field(default_factory=set)  # model-wide scalar states
 
 
 def _pos(node) -> tuple[int, int]:
@@ -46,6 +48,23 @@ class _Checker:
         self.p = program
         self.info = CheckInfo()
         self.hypers = {h.name for h in program.hypers}
+        # names that may hold a different value for each parameter of the group (as opposed to
+        # model-wide values: constants, hyperparameters, t, global state, global reductions)
+        self.per_param: set[str] = {"w", "g", "hess_diag", *SHAPE_INPUTS}
+        self.param_branch = 0  # depth of if-blocks whose condition depends on the parameter
+
+    def per_param_name(self, e: Expr) -> str | None:
+        """A name through which ``e`` depends on the parameter, or None if ``e`` is model-wide."""
+        if isinstance(e, Name):
+            return e.id if e.id in self.per_param else None
+        if isinstance(e, Call) and e.fn in GLOBAL_FNS and e.fn != "clip_by_global_norm":
+            return None
+        for x in (e.args if isinstance(e, Call) else (e.left, e.right) if isinstance(e, BinOp)
+                  else (e.operand,) if isinstance(e, Unary) else ()):
+            n = self.per_param_name(x)
+            if n is not None:
+                return n
+        return None
 
     # -- expressions -----------------------------------------------------------------------
     def expr(self, e: Expr, env: dict[str, Type]) -> Type:
@@ -108,6 +127,10 @@ class _Checker:
             if not prim.min_args <= n <= prim.max_args:
                 want = str(prim.min_args) if prim.min_args == prim.max_args else f"{prim.min_args} or {prim.max_args}"
                 raise _err(f"{e.fn} takes {want} argument{'s' if want != '1' else ''}, got {n}", e)
+            if e.fn in GLOBAL_FNS and self.param_branch:
+                raise _err(f"{e.fn} is computed over every parameter of the group, so it cannot sit inside an "
+                           "if-block whose condition depends on the parameter's shape or role; compute it before the if",
+                           e)
             ts = [self.expr(a, env) for a in e.args]
             if e.fn == "solve_triangular" and n == 3:
                 k = e.args[2]
@@ -144,8 +167,14 @@ class _Checker:
                         s.cond,
                     )
                 self.info.cond_hypers |= names_in(s.cond) & self.hypers
+                by_param = self.per_param_name(s.cond) is not None
+                self.param_branch += by_param
+                before = set(self.per_param)
                 env_then = self.block(s.then, dict(env))
+                after_then, self.per_param = self.per_param, set(before)
                 env_else = self.block(s.orelse, dict(env))
+                self.per_param |= after_then
+                self.param_branch -= by_param
                 merged = {}
                 for k in env_then.keys() & env_else.keys():
                     a, b = env_then[k], env_else[k]
@@ -175,6 +204,18 @@ class _Checker:
         t = self.expr(s.value, env)
         if t.kind != "num":
             raise _err(f"a condition cannot be stored in {tgt!r}; use where(cond, a, b)", s)
+        by = self.per_param_name(s.value)
+        if tgt in self.info.global_states:
+            if self.param_branch:
+                raise _err(f"global state {tgt!r} is one value per model; it cannot be assigned inside an if-block "
+                           "whose condition depends on the parameter's shape or role", s)
+            if by is not None:
+                raise _err(f"global state {tgt!r} is one value per model, but this value depends on the parameter "
+                           f"(through {by!r}); reduce it over the model first, e.g. with global_sum or global_norm", s)
+        if by is not None or self.param_branch:
+            self.per_param.add(tgt)
+        else:
+            self.per_param.discard(tgt)
         if tgt == "w" and t.shape != PARAM:
             raise _err(f"w must keep the parameter's shape r×c, but this assigns {t.show()}", s)
         if tgt in self.info.state_types:
@@ -208,9 +249,22 @@ class _Checker:
             for x in sub_exprs(s.init):
                 if isinstance(x, Call) and x.fn in RANDOM:
                     raise _err(f"{x.fn} cannot start a state; draw the noise in a statement", x)
+                if isinstance(x, Call) and x.fn in GLOBAL_FNS:
+                    raise _err(f"{x.fn} cannot start a state; compute it in a statement", x)
             t = self.expr(s.init, env)
             if t.kind != "num":
                 raise _err(f"state {s.name!r} must start as a number or tensor, not a condition", s)
+            if s.storage == GLOBAL:
+                by = self.per_param_name(s.init)
+                if not (t.static and t.is_scalar) or by is not None:
+                    raise _err(f"global state {s.name!r} is one scalar per model: start it from constants and "
+                               "hyperparameters" + (f" (not {by!r})" if by else ""), s)
+                st = Type("num", SCALAR, False)
+                self.info.state_types[s.name] = st
+                self.info.global_states.add(s.name)
+                env[s.name] = st
+                continue
+            self.per_param.add(s.name)
             if s.storage != "float" and t.shape != PARAM:
                 raise _err(f"quantized state {s.name!r} must have the parameter's shape", s)
             st = Type("num", t.shape, False)

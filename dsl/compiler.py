@@ -26,7 +26,7 @@ import torch
 
 from . import runtime
 from .checker import CheckInfo, check
-from .primitives import ELEMENTWISE, PARAM, RANDOM, ROLES, SHAPE_INPUTS
+from .primitives import ELEMENTWISE, GLOBAL, PARAM, RANDOM, ROLES, SHAPE_INPUTS
 from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, names_in, walk_exprs
 
 INPUTS = ("w", "g", "t", "hess_diag", "rows", "cols", "ndim", "numel",
@@ -54,6 +54,7 @@ class _Gen:
         # each noise call site draws its own numbers: sites are numbered in program order
         calls = (e for e in walk_exprs(program) if isinstance(e, Call) and e.fn in RANDOM)
         self.sites = {id(e): i for i, e in enumerate(calls)}
+        self.n_clips = 0
 
     def expr(self, e: Expr) -> str:
         t = self.info.types.get(id(e))
@@ -82,6 +83,15 @@ class _Gen:
             args = ", ".join(self.expr(a) for a in e.args)
             if e.fn in RANDOM:
                 return f"R.{e.fn}({args}, seed, v_t, {self.sites[id(e)]})"
+            if e.fn == "clip_by_global_norm":  # x is read twice: its share of the norm, then scaled
+                x = f"_clip{self.n_clips}"
+                self.n_clips += 1
+                share = f"(yield ('norm', R.global_part('norm', {x})))"
+                return (f"R.clip_by_global_norm(({x} := {self.expr(e.args[0])}), {self.expr(e.args[1])}, "
+                        f"R.global_value({share}, v_w))")
+            if e.fn in GLOBAL:  # a model-wide value: this parameter's share goes out, the total comes back
+                op = e.fn[len("global_"):]
+                return f"R.global_value((yield ({op!r}, R.global_part({op!r}, {args}))), v_w)"
             return f"R.{e.fn}({args})"
         raise TypeError(f"cannot compile {e!r}")  # pragma: no cover
 
@@ -100,14 +110,21 @@ class _Gen:
 
     def source(self, fn_name: str = "step") -> str:
         p = self.p
-        args = ", ".join(["state", "hyper", "first"] + [_var(n) for n in INPUTS] + ["need=None", "seed=None"])
+        wide = p.model_wide
+        args = ["state", "hyper", "first"] + [_var(n) for n in INPUTS] + ["need=None", "seed=None"]
         L = self.lines
-        L.append(f"def {fn_name}({args}):")
+        L.append(f"def {fn_name}({', '.join(args + (['gstate=None'] if wide else []))}):")
+        if wide:
+            # a generator (see R.lockstep): it yields its share of each model-wide reduction and
+            # receives the total; ``gstate`` holds the global states (None at the first step)
+            L.append("    yield from ()")
         for h in p.hypers:
             L.append(f"    {_var(h.name)} = hyper[{h.name!r}]")
+        for s in p.global_states:
+            L.append(f"    {_var(s.name)} = R.as_global({self.expr(s.init)}, v_w) if gstate is None else gstate[{s.name!r}]")
         # ``need`` names the states this parameter's routing can reach; the others are never
         # allocated (a Muon program keeps no AdamW moments for its hidden matrices)
-        for s in p.states:
+        for s in p.param_states:
             if s.storage == "float":
                 load = f"state[{s.name!r}]"
             else:
@@ -119,13 +136,17 @@ class _Gen:
             L.append(f"        {_var(s.name)} = None")
         self.stmts(p.body, "    ")
         L.append("    new_state = {}")
-        for s in p.states:
+        for s in p.param_states:
             L.append(f"    if {_var(s.name)} is not None:")
             if s.storage == "float":
                 L.append(f"        new_state[{s.name!r}] = {_var(s.name)}")
             else:
                 L.append(f"        R.q_store(new_state, {s.name!r}, {_var(s.name)}, {s.storage!r})")
-        L.append("    return v_w, new_state")
+        if wide:
+            pairs = ", ".join(f"{s.name!r}: {_var(s.name)}" for s in p.global_states)
+            L.append(f"    return v_w, new_state, {{{pairs}}}")
+        else:
+            L.append("    return v_w, new_state")
         return "\n".join(L) + "\n"
 
 
@@ -185,7 +206,7 @@ def reachable_states(program: Program, env: dict) -> frozenset:
             walk(s.then if taken else s.orelse)
 
     walk(program.body)
-    states = {s.name: s for s in program.states}
+    states = {s.name: s for s in program.param_states}
     todo = [n for n in names if n in states]
     need: set[str] = set()
     while todo:
@@ -269,6 +290,10 @@ class StepFunction:
     State tensors with the parameter's shape are stored in the parameter's own shape (as
     torch.optim does); others in their 2-D form, with the member dimension when batched.
     ``elementwise`` tells whether parameters may be updated concatenated (``acts_elementwise``).
+
+    A program with model-wide values (``model_wide``: ``global_norm``, ``global d = …``) reduces
+    over all the parameters of a group: step them together with ``step_group``. Called on one
+    tensor it treats that tensor as the whole model and keeps its global states in the state dict.
     """
 
     def __init__(self, program: Program):
@@ -281,6 +306,8 @@ class StepFunction:
         self.uses_random = program.uses_random
         self.elementwise = acts_elementwise(program)
         self.param_states = {n for n, t in self.info.state_types.items() if t.shape == PARAM}
+        self.model_wide = program.model_wide
+        self.global_names = tuple(s.name for s in program.global_states)
         self._need: dict = {}
 
     def __repr__(self) -> str:
@@ -307,6 +334,61 @@ class StepFunction:
         return out
 
     def __call__(self, w, g, state=None, hyper=None, t=1, *, hess_diag=None, batched=False, role=None, seed=None):
+        if not self.model_wide:
+            args, kw = self._prepare(w, g, state, hyper, t, hess_diag, batched, role, seed)
+            new_w, new_s = self._fn(*args, **kw)
+            return self._finish(w, new_w, new_s, batched)
+        # a program with model-wide values, given one tensor: a model of that one tensor, whose
+        # global states ride in its state dict
+        state = dict(state or {})
+        gstate = {n: state.pop(n) for n in self.global_names if n in state} or None
+        (new_w,), (new_s,), new_g = self.step_group([w], [g], [state], gstate, hyper, t, hess_diags=[hess_diag],
+                                                    batched=batched, roles=[role], seeds=[seed])
+        new_s.update(new_g)
+        return new_w, new_s
+
+    def step_group(self, ws, gs, states, gstate=None, hyper=None, t=1, *, hess_diags=None, batched=False,
+                   roles=None, seeds=None):
+        """One step of every parameter of a group: ``(new ws, new states, new global state)``.
+
+        Model-wide values (``global_norm`` and the like) reduce over all the tensors given, per
+        member; ``gstate`` maps the program's global states to their values (None at the first
+        step: their initialisers run), ``[M, 1, 1]`` when batched, ``[1, 1]`` otherwise. A program
+        without model-wide values steps each tensor apart (and returns an empty global state)."""
+        n = len(ws)
+        hess_diags = hess_diags or [None] * n
+        roles = roles or [None] * n
+        seeds = seeds or [None] * n
+        if not self.model_wide:
+            outs = [self(w, g, st, hyper, t, hess_diag=hd, batched=batched, role=r, seed=sd)
+                    for w, g, st, hd, r, sd in zip(ws, gs, states, hess_diags, roles, seeds)]
+            return [o[0] for o in outs], [o[1] for o in outs], {}
+        if not n:
+            return [], [], gstate or {}
+        G = None
+        if gstate:
+            members = int(ws[0].shape[0]) if batched else 1
+            G = {k: v.reshape(members, 1, 1) if isinstance(v, torch.Tensor) else v for k, v in gstate.items()}
+            missing = [k for k in self.global_names if k not in G]
+            if missing:
+                raise KeyError(f"global state is missing {missing}")
+        steps = []
+        for w, g, st, hd, r, sd in zip(ws, gs, states, hess_diags, roles, seeds):
+            args, kw = self._prepare(w, g, st, hyper, t, hd, batched, r, sd)
+            steps.append(self._fn(*args, gstate=G, **kw))
+        results = runtime.lockstep(steps)
+        new_ws, new_states = [], []
+        for w, (new_w, new_s, _) in zip(ws, results):
+            nw, ns = self._finish(w, new_w, new_s, batched)
+            new_ws.append(nw)
+            new_states.append(ns)
+        new_g = results[0][2]  # every parameter computed the same global state
+        if not batched:
+            new_g = {k: v.reshape(1, 1) for k, v in new_g.items()}
+        return new_ws, new_states, new_g
+
+    def _prepare(self, w, g, state, hyper, t, hess_diag, batched, role, seed):
+        """The generated step function's arguments for one tensor (member layout [M, R, C])."""
         if g.shape != w.shape:
             raise ValueError(f"gradient shape {tuple(g.shape)} differs from parameter shape {tuple(w.shape)}")
         if self.uses_hess_diag and hess_diag is None:
@@ -342,7 +424,10 @@ class StepFunction:
             env.update(zip(("is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden"), flags))
             need = self._need[key] = reachable_states(self.program, env)
         seeds = _seed_tensor(seed, members, w.device) if self.uses_random else None
-        new_w, new_s = self._fn(S, H, first, W, G, t, HD, rows, cols, ndim, rows * cols, *flags, need=need, seed=seeds)
+        return (S, H, first, W, G, t, HD, rows, cols, ndim, rows * cols, *flags), dict(need=need, seed=seeds)
+
+    def _finish(self, w, new_w, new_s, batched):
+        """The step's results in the caller's layout."""
         out_state = {}
         for k, v in new_s.items():
             if k in self.param_states:

@@ -6,6 +6,7 @@ Grammar (newlines end statements; inside parentheses they are ignored; ``#`` sta
     decl      := 'hyper' NAME '=' ['-'] NUMBER [tune] (',' NAME '=' ['-'] NUMBER [tune])*
     tune      := 'tune' '(' NUMBER ',' NUMBER ')'      (tuned by the protocol in that range)
                | 'state' NAME [':' STORAGE] '=' expr (',' NAME [':' STORAGE] '=' expr)*
+               | 'global' NAME '=' expr (',' NAME '=' expr)*    (model-wide scalar state)
     stmt      := NAME '=' expr
                | 'if' expr ':' stmt* ('elif' expr ':' stmt*)* ['else' ':' stmt*] 'end'
     expr      := or ;  or := and ('or' and)* ;  and := not ('and' not)* ;  not := 'not' not | cmp
@@ -23,7 +24,7 @@ import math
 import re
 
 from .errors import DSLError
-from .program import Assign, BinOp, Call, Expr, Hyper, If, Name, Num, Program, State, Stmt, Unary
+from .program import GLOBAL, Assign, BinOp, Call, Expr, Hyper, If, Name, Num, Program, State, Stmt, Unary
 
 # Limits that keep hostile or runaway input from hanging or crashing the parser.
 MAX_CHARS = 100_000
@@ -35,7 +36,7 @@ would exhaust Python's recursion in the checker and compiler."""
 MAX_TOKEN = 64
 MAX_CONSTANT = 1e30
 
-KEYWORDS = {"hyper", "state", "if", "elif", "else", "end", "and", "or", "not"}
+KEYWORDS = {"hyper", "state", "global", "if", "elif", "else", "end", "and", "or", "not"}
 STORAGES = ("float", "q8", "uq8")
 
 _TOKEN = re.compile(
@@ -157,9 +158,10 @@ class _Parser:
                 if body:
                     raise self.error("declare hyperparameters before the first statement")
                 hypers.extend(self.hyper_decl())
-            elif self.at("kw", "state"):
+            elif self.at("kw", "state") or self.at("kw", "global"):
                 if body:
-                    raise self.error("declare state before the first statement")
+                    raise self.error(f"declare {self.tok.text} state before the first statement"
+                                     if self.tok.text == "global" else "declare state before the first statement")
                 states.extend(self.state_decl())
             else:
                 body.append(self.statement())
@@ -201,12 +203,14 @@ class _Parser:
         return out
 
     def state_decl(self) -> list[State]:
-        self.next()
+        model_wide = self.next().text == "global"
         out = []
         while True:
             name = self.expect("name", what="a state name")
-            storage = "float"
+            storage = GLOBAL if model_wide else "float"
             if self.at("op", ":"):
+                if model_wide:
+                    raise self.error("a global state is one scalar per model; it takes no storage format")
                 self.next()
                 st = self.expect("name", what="a storage format")
                 if st.text not in STORAGES:
@@ -286,7 +290,7 @@ class _Parser:
         out = []
         self.skip_newlines()
         while not (self.at("kw", "else") or self.at("kw", "elif") or self.at("kw", "end") or self.at("eof")):
-            if self.at("kw", "hyper") or self.at("kw", "state"):
+            if self.at("kw", "hyper") or self.at("kw", "state") or self.at("kw", "global"):
                 raise self.error(f"{self.tok.text!r} declarations belong at the top of the program")
             out.append(self.statement())
             self.skip_newlines()

@@ -312,6 +312,42 @@ _add("rademacher_like", 1, _noise("rademacher_like"), "noise",
 RANDOM = frozenset({"randn_like", "rademacher_like"})
 """Primitives that draw seeded noise: their step function takes a ``seed``."""
 
+# -- model-wide values: reductions over every parameter of a parameter group -----------------------
+def _global_reduce(name: str):
+    def rule(ts: Sequence[Type]) -> Type:
+        _num(ts, name)
+        shape = ts[0].shape
+        for t in ts[1:]:
+            shape = broadcast(shape, t.shape, f"the arguments of {name}")
+        if all(t.static for t in ts):
+            raise ShapeError(f"{name} reduces tensors over the model, but its argument is a static scalar", 0)
+        return Type("num", SCALAR, False)
+
+    return rule
+
+
+def _clip_by_global_norm(ts: Sequence[Type]) -> Type:
+    _num(ts, "clip_by_global_norm")
+    if ts[0].static:
+        raise ShapeError("clip_by_global_norm clips tensors over the model, but its argument is a static scalar", 0)
+    if not ts[1].is_scalar:
+        raise ShapeError(f"the maximum norm of clip_by_global_norm must be a scalar, got {ts[1].show()}", 1)
+    return Type("num", ts[0].shape, False)
+
+
+for _n, _d in [
+    ("global_sum", "sum of x's elements over every parameter of the group (a model-wide scalar)"),
+    ("global_mean", "mean of x's elements over every parameter of the group"),
+    ("global_norm", "l2 norm of x over every parameter of the group: sqrt(Σ over parameters of sum(x²))"),
+    ("global_max", "largest element of x over every parameter of the group"),
+]:
+    _add(_n, 1, _global_reduce(_n), "global", _d)
+_add("global_dot", 2, _global_reduce("global_dot"), "global2", "Σ over every parameter of the group of sum(a·b)")
+_add("clip_by_global_norm", 2, _clip_by_global_norm, "globalclip",
+     "clip_by_global_norm(x, c): x · min(1, c / (global_norm(x) + 1e-6)), as torch.nn.utils.clip_grad_norm_")
+GLOBAL = frozenset({"global_sum", "global_mean", "global_norm", "global_max", "global_dot", "clip_by_global_norm"})
+"""Primitives whose value depends on every parameter of the group: the step synchronises there."""
+
 PRIMITIVES: dict[str, Primitive] = {p.name: p for p in _P}
 
 ELEMENTWISE = frozenset(p.name for p in _P if p.family in ("unary", "binary", "clip", "mix", "where")) | {

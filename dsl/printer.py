@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary
+from .program import GLOBAL, Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary
 
 # Binding strength; higher binds tighter.
 PREC = {
@@ -108,11 +108,15 @@ def to_text(p: Program, doc: bool = True) -> str:
             f"{h.name} = {fmt_number(h.default)}"
             + (f" tune({fmt_number(h.tune[0])}, {fmt_number(h.tune[1])})" if h.tune is not None else "")
             for h in p.hypers))
-    if p.states:
-        parts = []
-        for s in p.states:
-            storage = "" if s.storage == "float" else f": {s.storage}"
-            parts.append(f"{s.name}{storage} = {_state_init_text(s.init)}")
-        out.append("state " + ", ".join(parts))
+    # per-parameter and model-wide states, one line per run of either kind (keeps their order)
+    runs: list[tuple[bool, list[str]]] = []
+    for s in p.states:
+        model_wide = s.storage == GLOBAL
+        storage = "" if s.storage in ("float", GLOBAL) else f": {s.storage}"
+        if not runs or runs[-1][0] != model_wide:
+            runs.append((model_wide, []))
+        runs[-1][1].append(f"{s.name}{storage} = {_state_init_text(s.init)}")
+    for model_wide, parts in runs:
+        out.append(("global " if model_wide else "state ") + ", ".join(parts))
     _stmts(p.body, "", out)
     return "\n".join(out) + "\n"

@@ -97,13 +97,21 @@ class Hyper:
 @dataclass(frozen=True)
 class State:
     """Per-parameter state. ``init`` is evaluated once, at the first step, over ``w`` and ``g``;
-    ``storage`` is ``"float"`` or a quantized format (``"q8"`` signed, ``"uq8"`` unsigned)."""
+    ``storage`` is ``"float"`` or a quantized format (``"q8"`` signed, ``"uq8"`` unsigned).
+
+    ``storage == "global"`` (declared ``global d = d0``) is a model-wide scalar instead: one value
+    per parameter group (per member in evaluation), carried across steps, started from constants
+    and hyperparameters."""
 
     name: str
     init: Expr
     storage: str = "float"
     line: int = field(default=0, **_POS)
     col: int = field(default=0, **_POS)
+
+
+GLOBAL = "global"
+"""The storage of a model-wide state (``global d = d0``)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,24 @@ class Program:
 
     def __str__(self) -> str:
         return self.to_text()
+
+    @property
+    def param_states(self) -> tuple[State, ...]:
+        """The per-parameter states (model-wide ones excluded)."""
+        return tuple(s for s in self.states if s.storage != GLOBAL)
+
+    @property
+    def global_states(self) -> tuple[State, ...]:
+        """The model-wide scalar states (``global d = d0``)."""
+        return tuple(s for s in self.states if s.storage == GLOBAL)
+
+    @property
+    def model_wide(self) -> bool:
+        """The program computes model-wide values (global reductions or global state): its step
+        runs over all parameters of a group at once."""
+        from .primitives import GLOBAL as GLOBAL_FNS
+
+        return bool(self.global_states) or any(isinstance(e, Call) and e.fn in GLOBAL_FNS for e in walk_exprs(self))
 
     @property
     def uses_hess_diag(self) -> bool:

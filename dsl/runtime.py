@@ -513,6 +513,82 @@ def as_state(value, like):
     return torch.full((like.shape[0], 1, 1), float(value), dtype=like.dtype, device=like.device)
 
 
+# -- model-wide values ---------------------------------------------------------------------------
+# A program that reads global_sum, global_norm, ... runs as one generator per parameter. At each
+# model-wide reduction the generator yields (op, partial), its parameter's share as [M, 1, 1]
+# tensors; ``lockstep`` combines the shares of every parameter of the group (per member) and sends
+# the model-wide value back to each. Global state is computed identically by every generator.
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s
+
+
+def global_part(op, x, y=None):
+    """One parameter's share of a model-wide reduction: a tuple of [M, 1, 1] tensors."""
+    if op == "dot":
+        return (dot(x, y),)
+    x = torch.as_tensor(x)
+    if op in ("sum", "mean"):
+        s = sum(x)
+        return (s,) if op == "sum" else (s, torch.full_like(s, float(x.shape[-2] * x.shape[-1])))
+    if op == "norm":
+        return (x.square().sum(dim=_ALL, keepdim=True),)
+    if op == "max":
+        return (x.amax(dim=_ALL, keepdim=True),)
+    raise ValueError(f"unknown model-wide reduction {op!r}")
+
+
+def global_total(op, parts):
+    """The model-wide value from every parameter's share (sums, or the largest for max)."""
+    acc = list(parts[0])
+    for part in parts[1:]:
+        for i, x in enumerate(part):
+            x = x.to(acc[i].device)
+            acc[i] = torch.maximum(acc[i], x) if op == "max" else acc[i] + x
+    if op == "mean":
+        return acc[0] / acc[1]
+    if op == "norm":
+        return acc[0].sqrt()
+    return acc[0]
+
+
+def global_value(total, like):
+    """The model-wide value sent back to a parameter, on its device and in its dtype."""
+    return total.to(device=like.device, dtype=like.dtype)
+
+
+def clip_by_global_norm(x, max_norm, total_norm):
+    """x scaled by min(1, max_norm / (total_norm + 1e-6)), as torch.nn.utils.clip_grad_norm_."""
+    return x * (max_norm / (total_norm + CLIP_EPS)).clamp(max=1.0)
+
+
+def as_global(value, like):
+    """A global state's first value: [M, 1, 1] in ``like``'s dtype and device."""
+    if _t(value):
+        return value.to(device=like.device, dtype=like.dtype).expand(like.shape[0], 1, 1).clone()
+    return torch.full((like.shape[0], 1, 1), float(value), dtype=like.dtype, device=like.device)
+
+
+def lockstep(steps):
+    """Run one step generator per parameter of a group in lockstep (see above); returns the
+    values they return, in order. Every parameter must reach the same reductions in the same
+    order (the checker keeps them out of if-blocks on a parameter's shape or role)."""
+    sent = None
+    while True:
+        asks, done = [], []
+        for gen in steps:
+            try:
+                asks.append(gen.send(sent))
+            except StopIteration as stop:
+                done.append(stop.value)
+        if done:
+            if asks:
+                raise RuntimeError("the parameters of a group reached different model-wide reductions")
+            return done
+        op = asks[0][0]
+        if any(a[0] != op for a in asks):
+            raise RuntimeError("the parameters of a group reached different model-wide reductions")
+        sent = global_total(op, [a[1] for a in asks])
+
+
 # -- quantized state storage (``state m: q8 = ...``, ``v: uq8``) -----------------------------------
 # Block-wise dynamic quantization (Dettmers et al. 2022, "8-bit Optimizers via Block-wise
 # Quantization"), laid out as bitsandbytes 0.50 does it: the flattened tensor of each member is cut
