@@ -9,7 +9,9 @@ one extra pass for each value that cannot be fused:
   per element; 8-bit: 1 byte plus a 4-byte absmax per 256, plus the runtime's unfused decode
   and re-encode, :data:`QUANT_BYTES` and :data:`QUANT_FLOPS` per element); a reduction, normalization or
   matrix operation reads its tensor operands again, and its tensor result is written and read
-  back (``orthogonalize`` with ``k`` steps: ``3k`` such passes);
+  back (``orthogonalize`` with ``k`` steps: ``3k`` such passes); a model-wide reduction
+  (``global_norm``, ``clip_by_global_norm``, …) counts as a reduction, since the step cannot fuse
+  across it; global states are one scalar per model and cost nothing per element;
 - **flops**: one per element for each elementwise operation (``ema`` and ``lerp`` 3, ``clip``
   2), one per operand element for reductions and normalizations, ``2abd`` for an
   ``a×b @ b×d`` product, ``k(4m²n + 2m³)`` for Newton–Schulz on an ``m×n`` matrix (``m ≤ n``),
@@ -139,7 +141,7 @@ def _param_cost(program: Program, info, shape, role) -> tuple[float, float]:
 
     walk(program.body)
     moved += 4 * n_param * (3 + (1 if program.uses_hess_diag else 0))  # read w, g (hess_diag); write w
-    for s in program.states:
+    for s in program.param_states:
         if s.name not in need:
             continue
         n = _size(info.state_types[s.name].shape, rows, cols)

@@ -33,7 +33,7 @@ from .compiler import _SourceLoader, generate_source
 from .foreach import SHAPE_INPUTS, generate_foreach_source, generate_init_source, generate_needed_source
 from .hoist import generate_hoisted_source
 from .primitives import PARAM
-from .program import Call, Name, Program, walk_exprs
+from .program import GLOBAL, Call, Name, Program, walk_exprs
 from .resolve import resolve_program
 
 _RESERVED = {"self", "params", "compile", "foreach", "seed", "role", "defaults"}
@@ -160,7 +160,7 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
         schedule = tuned.get("schedule")
     info = check(program)
     text = program.to_text().rstrip("\n")
-    quantized = any(s.storage != "float" for s in program.states)
+    quantized = any(s.storage not in ("float", GLOBAL) for s in program.states)
     reads = sorted({e.id for e in walk_exprs(program) if isinstance(e, Name) and e.id in SHAPE_INPUTS},
                    key=SHAPE_INPUTS.index)
     param_states = sorted(n for n, t in info.state_types.items() if t.shape == PARAM)
@@ -271,7 +271,9 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
         "",
         f"    PROGRAM = {text!r}",
         f"    HYPERS = {program.hyper_defaults!r}",
-        f"    STATE_NAMES = {tuple(s.name for s in program.states)!r}",
+        f"    STATE_NAMES = {tuple(s.name for s in program.param_states)!r}",
+        f"    GLOBALS = {tuple(s.name for s in program.global_states)!r}",
+        f"    MODEL_WIDE = {program.model_wide!r}",
         f"    PARAM_STATES = frozenset({param_states!r})",
         f"    READS = {tuple(reads)!r}",
         f"    USES_HESS_DIAG = {program.uses_hess_diag!r}",
@@ -283,6 +285,7 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
         "    _needed_states = staticmethod(needed_states)",
         "    _init_state = staticmethod(init_state)",
         "    _step_tensor = staticmethod(step_tensor)",
+        "    _lockstep = staticmethod(R.lockstep)",
         f"    _step_foreach = {'staticmethod(step_foreach)' if foreach_src else 'None'}",
         f"    _statics = {'staticmethod(statics)' if hoisted_src else 'None'}",
         f"    _step_hoisted = {'staticmethod(step_hoisted)' if hoisted_src else 'None'}",

@@ -8,6 +8,8 @@ periodic actions (1…12, then values with many divisors up to 10 000), and the 
 every step are hashed after rounding away the last bits (algebraic rewrites differ there).
 Programs that draw noise run with a fixed seed per case, so their fingerprint is deterministic;
 their call sites are numbered in program order, so reordering two draws changes it.
+Programs with model-wide values run all the cases together, as one model (``global_norm(g)``
+then differs from ``norm(g)``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def _quantize(x: torch.Tensor) -> bytes:
 def behaviour(program: Program, steps=STEPS, cases=CASES) -> list[bytes]:
     """The rounded parameter after every step, for every case (what the fingerprint hashes)."""
     fn = compile_program(program)
+    if fn.model_wide:
+        return _behaviour_together(fn, steps, cases)
     out: list[bytes] = []
     for k, (shape, role) in enumerate(cases):
         gen = torch.Generator().manual_seed(1000 + k)
@@ -56,6 +60,29 @@ def behaviour(program: Program, steps=STEPS, cases=CASES) -> list[bytes]:
                 out.append(f"error:{type(e).__name__}".encode())
                 break
             out.append(_quantize(w))
+    return out
+
+
+def _behaviour_together(fn, steps, cases) -> list[bytes]:
+    """``behaviour`` of a model-wide program: the cases are the parameters of one model, drawn
+    from the same generators as the per-case runs."""
+    gens = [torch.Generator().manual_seed(1000 + k) for k in range(len(cases))]
+    ws = [torch.randn(shape, generator=gen, dtype=torch.float64) for gen, (shape, _) in zip(gens, cases)]
+    roles = [role for _, role in cases]
+    states, gstate = [None] * len(cases), None
+    out: list[bytes] = []
+    for t in steps:
+        gs = [torch.randn(shape, generator=gen, dtype=torch.float64) for gen, (shape, _) in zip(gens, cases)]
+        hds = [torch.randn(shape, generator=gen, dtype=torch.float64) if fn.uses_hess_diag else None
+               for gen, (shape, _) in zip(gens, cases)]
+        try:
+            with torch.no_grad():
+                ws, states, gstate = fn.step_group(ws, gs, states, gstate, None, t, hess_diags=hds, roles=roles,
+                                                   seeds=list(range(len(cases))))
+        except (RuntimeError, ValueError) as e:
+            out.append(f"error:{type(e).__name__}".encode())
+            break
+        out.extend(_quantize(w) for w in ws)
     return out
 
 

@@ -659,9 +659,9 @@ def mixed_names(program: Program, info: CheckInfo) -> set[str]:
 
 def generate_foreach_source(program: Program, info: CheckInfo | None = None, fn_name: str = "step_foreach") -> str | None:
     """Source of the multi-tensor step function of ``program``, or None where it has none
-    (quantized state, seeded noise)."""
+    (quantized state, seeded noise, model-wide values)."""
     info = info or check(program)
-    if any(s.storage != "float" for s in program.states) or program.uses_random:
+    if any(s.storage != "float" for s in program.states) or program.uses_random or program.model_wide:
         return None
     return _ForeachGen(program, info).source(fn_name)
 
@@ -678,7 +678,7 @@ def generate_init_source(program: Program, info: CheckInfo | None = None, fn_nam
     for h in program.hypers:
         lines.append(f"    {_var(h.name)} = hyper[{h.name!r}]")
     lines.append("    state = {}")
-    for s in program.states:
+    for s in program.param_states:  # global states live with the parameter group
         lines.append(f"    if {s.name!r} in need:")
         lines.append(f"        {_var(s.name)} = R.as_state({gen.expr(s.init)}, v_w)")
         if s.storage == "float":
@@ -698,7 +698,7 @@ def generate_needed_source(program: Program, info: CheckInfo | None = None, fn_n
     gen = _Gen(program, info)
     # the step count t is tracked like a state: a parameter whose routing never reads it keeps
     # no step counter (Muon's hidden matrices hold only their momentum, as torch.optim.Muon's do)
-    states = {s.name for s in program.states} | {"t"}
+    states = {s.name for s in program.param_states} | {"t"}
     lines = [f"def {fn_name}({', '.join(_var(n) for n in SHAPE_INPUTS)}):", "    need = set()"]
 
     def walk(body, indent):
@@ -724,7 +724,7 @@ def generate_needed_source(program: Program, info: CheckInfo | None = None, fn_n
                 walk(st.orelse, indent)
 
     walk(program.body, "    ")
-    deps = {s.name: sorted(names_in(s.init) & states) for s in program.states}
+    deps = {s.name: sorted(names_in(s.init) & states) for s in program.param_states}
     deps["t"] = []
     lines += [f"    deps = {deps!r}", "    todo = list(need)", "    while todo:",
               "        for d in deps[todo.pop()]:", "            if d not in need:",

@@ -123,9 +123,10 @@ class _Hoist(_Gen):
 def generate_hoisted_source(program: Program, info: CheckInfo | None = None,
                             statics_name: str = "statics", step_name: str = "step_hoisted") -> str | None:
     """Source of the ``statics`` and ``step_hoisted`` functions of ``program`` (None for
-    programs with quantized state or seeded noise, which compile=True does not support)."""
+    programs with quantized state, seeded noise or model-wide values, which compile=True does not
+    support)."""
     info = info or check(program)
-    if any(s.storage != "float" for s in program.states) or program.uses_random:
+    if any(s.storage != "float" for s in program.states) or program.uses_random or program.model_wide:
         return None
     return _Hoist(program, info).source(statics_name, step_name)
 

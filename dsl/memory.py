@@ -11,7 +11,9 @@ at its symbolic shape (``r×c``, ``r×1``, ``1×c``, ``r×r``, ``c×c``, ``1×1`
   parameter's dtype); a state with fewer than 4096 elements is kept unquantized, as
   bitsandbytes keeps small tensors (``optdisco.dsl.runtime.Q_BLOCK``, ``Q_MIN_NUMEL``);
 
-plus a float32 step counter (4 bytes) for a parameter whose routing reads ``t``.
+plus a float32 step counter (4 bytes) for a parameter whose routing reads ``t``. A global
+(model-wide) state is one scalar per parameter group, kept in the group rather than in any
+parameter's state, and counts 0 bytes per element.
 
 The memory objective is the total over a stated reference model divided by its number of
 parameter elements: :data:`REFERENCE_MODEL`, the shapes of a small byte-level GPT (vocabulary
@@ -109,7 +111,7 @@ def param_state_bytes(program: Program, shape: tuple[int, ...], role: str, eleme
     rows, cols = view_shape(tuple(shape))
     need = reached_states(program, shape, role)
     total = 0
-    for s in program.states:
+    for s in program.param_states:  # global states live in the parameter group: 0 per element
         if s.name not in need:
             continue
         n = _numel(info.state_types[s.name].shape, rows, cols)

@@ -37,6 +37,11 @@ calls ``ProgramOptimizer.__init__`` with its hyperparameters. What it does:
   ``seed`` in the low 32 bits, the parameter's position among all parameters above them, as
   evaluation seeds a member's parameters); the noise is a function of that seed, the step count
   and the call site, so a run resumed from a ``state_dict`` draws exactly the noise of an unbroken one.
+- Programs with model-wide values (``global_norm``, ``clip_by_global_norm``, ``global d = …``)
+  step each parameter group as one model: the reductions run over the group's parameters that
+  have a gradient, and the global states live in the group, ``group["global_state"]`` (a dict of
+  0-dim tensors), so ``state_dict``/``load_state_dict`` carry them. They run the per-tensor step
+  only: ``foreach=True`` and ``compile=True`` are refused.
 - Programs that read ``hess_diag`` need ``step(closure)``: the closure must clear the gradients,
   compute the loss, call ``loss.backward(create_graph=True)`` and return the loss. The optimizer
   then forms Hutchinson's estimate ``z * (H z)`` with one Rademacher vector ``z`` per parameter
@@ -53,6 +58,7 @@ ROLES = ("hidden", "embedding", "head", "vector")
 SHAPE_INPUTS = ("rows", "cols", "ndim", "numel", "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
 STEP_KEY = "step"
 SEED_KEY = "seed"
+GLOBAL_KEY = "global_state"  # a parameter group's model-wide states
 # On the CPU the multi-tensor step runs on blocks of about this many elements, so that the
 # several passes of one step reuse the cache instead of streaming the whole model each time.
 CPU_BLOCK = 1 << 20
@@ -179,7 +185,9 @@ class ProgramOptimizer(torch.optim.Optimizer):
 
     PROGRAM = ""  # the program's text
     HYPERS = {}  # hyperparameter name -> default
-    STATE_NAMES = ()  # the program's states, in declaration order
+    STATE_NAMES = ()  # the program's per-parameter states, in declaration order
+    GLOBALS = ()  # the program's model-wide (global) states
+    MODEL_WIDE = False  # the program computes model-wide values: a group steps as one model
     PARAM_STATES = frozenset()  # the states with the parameter's shape
     READS = ()  # the shape inputs (SHAPE_INPUTS) the program reads
     USES_HESS_DIAG = False
@@ -195,6 +203,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
     _step_foreach = None  # staticmethod or None: the multi-tensor step function
     _statics = None  # staticmethod: static values of a step (for compile=True)
     _step_hoisted = None  # staticmethod: the per-tensor step reading them (for compile=True)
+    _lockstep = None  # staticmethod: runs the per-tensor steps of a model-wide program together
 
     def __init__(self, params, defaults, *, compile=False, foreach=None, seed=0):
         if "betas" in defaults and self._has_betas():
@@ -207,9 +216,11 @@ class ProgramOptimizer(torch.optim.Optimizer):
         if unknown:
             raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)}; {type(self).__name__} has {sorted(self.HYPERS)}")
         if foreach and self._step_foreach is None:
-            raise ValueError("this program has no multi-tensor form (quantized state or seeded noise); use foreach=False")
+            raise ValueError("this program has no multi-tensor form (quantized state, seeded noise or model-wide "
+                             "values); use foreach=False")
         if compile and self._step_hoisted is None:
-            raise ValueError("compile=True does not support quantized state or seeded noise yet")
+            raise ValueError("compile=True does not support quantized state, seeded noise or model-wide values "
+                             "(global_norm, global state) yet; use compile=False")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
         self.seed = seed
@@ -407,7 +418,9 @@ class ProgramOptimizer(torch.optim.Optimizer):
             entries.append((p, g, state, info, hd))
         if not entries:
             return
-        if self.compile:
+        if self.MODEL_WIDE:
+            self._run_model_wide(group, entries, hyper)
+        elif self.compile:
             self._run_compiled(gi, entries, hyper)
         elif self.foreach:
             self._run_foreach(entries, hyper)
@@ -431,6 +444,33 @@ class ProgramOptimizer(torch.optim.Optimizer):
                                 None if hd is None else hd.reshape(lay), *info, need=self._present(state), seed=seed)
             _write_back(p, w_in, new_w)
             self._from_program(new_s, p, state)
+
+    def _run_model_wide(self, group, entries, hyper):
+        """The per-tensor steps of every parameter of the group, run in lockstep: each yields its
+        share of a model-wide reduction and gets the group's total back. The global states are
+        read from and written to ``group[GLOBAL_KEY]`` (created at the group's first step)."""
+        step = type(self)._step_tensor
+        stored = group.get(GLOBAL_KEY)
+        steps, inputs = [], []
+        for p, g, state, info, hd in entries:
+            t = 1
+            if STEP_KEY in state:
+                state[STEP_KEY] += 1
+                t = int(state[STEP_KEY].item())
+            lay = (1, info[0], info[1])
+            gstate = None
+            if stored is not None:
+                gstate = {n: v.to(p.device).reshape(1, 1, 1) for n, v in stored.items()}
+            w_in = p.reshape(lay)
+            inputs.append(w_in)
+            steps.append(step(self._to_program(state, lay), hyper, False, w_in, g.reshape(lay), t,
+                              None if hd is None else hd.reshape(lay), *info, need=self._present(state),
+                              gstate=gstate))
+        results = type(self)._lockstep(steps)
+        for (p, g, state, info, hd), w_in, (new_w, new_s, _) in zip(entries, inputs, results):
+            _write_back(p, w_in, new_w)
+            self._from_program(new_s, p, state)
+        group[GLOBAL_KEY] = {n: v.reshape(()).clone() for n, v in results[0][2].items()}
 
     def _run_foreach(self, entries, hyper):
         ts = [1] * len(entries)

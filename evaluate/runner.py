@@ -63,6 +63,8 @@ def _select(tree, keep: Tensor, m: int):
 
 FLAT = ""
 """The state key of the concatenated parameters (no parameter is named so)."""
+GROUP = "\0global"
+"""The state key of a model-wide program's global states (no parameter is named so)."""
 
 
 def _concat(tensors: dict[str, Tensor], names: list[str]) -> Tensor:
@@ -127,6 +129,8 @@ def run_members(
     if flat is not None:
         params = _split(flat, shapes)
     state: dict = {n: None for n in ([FLAT] if flat is not None else params)}
+    if fn.model_wide:  # one model per member: its global states, [M, 1, 1] each
+        state[GROUP] = None
     peak = torch.tensor([float(x) for x in lrs], dtype=dtype, device=device)
     hyper = dict(hyper or {})
     if "lr" in hyper:
@@ -209,6 +213,16 @@ def run_members(
                         flat, _concat(grads, list(shapes)), state[FLAT], hyp, t, batched=True, role="vector", hess_diag=hd
                     )
                     params = _split(flat, shapes)
+                elif fn.model_wide:  # every parameter at once: model-wide values reduce over them, per member
+                    names = list(params)
+                    seeds = [[param_seed(s, index) for s in cur_seeds] for index in range(len(names))] \
+                        if fn.uses_random else None
+                    new_ws, new_states, state[GROUP] = fn.step_group(
+                        [params[n] for n in names], [grads[n] for n in names], [state[n] for n in names],
+                        state[GROUP], hyp, t, batched=True, roles=[roles[n] for n in names],
+                        hess_diags=None if hess is None else [hess[n] for n in names], seeds=seeds)
+                    params = dict(zip(names, new_ws))
+                    state.update(zip(names, new_states))
                 else:
                     for index, name in enumerate(params):
                         seed = [param_seed(s, index) for s in cur_seeds] if fn.uses_random else None
