@@ -9,7 +9,8 @@ Operators (``MUTATIONS``):
 
 - ``insert``: pick a value read by some statement, define a new temporary or a new state
   (``s = ema(s, F, c)``, ``s = max(s, F)``, ``s = c·s + F``) from a random expression ``F``
-  over the names in scope, and make the reader use it (the read ``x`` becomes the new name or
+  over the names in scope (its scalars may be reductions of one tensor or of the whole model,
+  ``global_norm``, ``global_mean``), and make the reader use it (the read ``x`` becomes the new name or
   ``x·new``, ``x/new``, ``x/(sqrt(new)+eps)``, ``x+new``).
 - ``delete``: remove a statement; later reads of a name it alone defined read one of its
   operands instead (a bypass).
@@ -49,6 +50,8 @@ DEFAULT_WEIGHTS = {
 ARITH_SWAP = ("+", "-", "*", "/")
 COMPARE_SWAP = ("<", "<=", ">", ">=")
 CONSTANTS = (0.5, 0.9, 0.99, 0.999, 0.1, 2.0, 1e-3, 1e-8)
+SCALAR_SOURCES = ("rms", "mean", "norm", "maxabs", "global_norm", "global_mean")
+"""Reductions that make a random scalar: of the tensor itself, or over the whole model."""
 UNARY_SOURCES = ("sign", "abs", "sqrt", "square", "tanh", "rsqrt", "relu", "exp", "log")
 UNARY_WEIGHTS = (4, 2, 2, 3, 1, 1, 1, 0.5, 0.5)
 _FAMILIES = families()
@@ -234,7 +237,7 @@ def random_expr(rng: random.Random, env: dict[str, Type], want=PARAM, depth: int
         if r < 0.4:
             return _leaf(rng, env, SCALAR)
         tensor = random_expr(rng, env, PARAM, depth - 1)
-        return Call(rng.choice(("rms", "mean", "norm", "maxabs")), (tensor,))
+        return Call(rng.choice(SCALAR_SOURCES), (tensor,))
     r = rng.random()
     if r < 0.35:
         fn = rng.choices(UNARY_SOURCES, UNARY_WEIGHTS)[0]
