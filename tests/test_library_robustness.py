@@ -231,7 +231,8 @@ def _run_case(name, shape, grad, role, dtype, foreach):
         else:
             p.grad = g.clone()
             opt.step()
-    return p, opt.state[p]
+    # a model-wide program's global states live in the parameter group
+    return p, {**opt.state[p], **opt.param_groups[0].get("global_state", {})}
 
 
 def _finite(p, state):
@@ -248,9 +249,12 @@ def test_every_library_program_stays_finite_on_the_corpus(name, dtype, path):
     """Zero gradients, zero rows and columns, n×1 and 1×n matrices, one-element tensors, gradients
     of 1e4 and 1e-8: the references stay finite on each, and so must the programs (weights and
     every state), a few steps each, through the exported optimizer's multi-tensor and per-tensor
-    paths (quantized programs have only the latter)."""
-    quantized = any(s.storage != "float" for s in library.load(name).states)
-    if path == "foreach" and quantized:
+    paths (quantized and model-wide programs have only the latter; a model-wide program's global
+    states are checked too)."""
+    prog = library.load(name)
+    if path == "foreach" and prog.model_wide:
+        pytest.skip("model-wide values have only the per-tensor path")
+    if path == "foreach" and any(s.storage != "float" for s in prog.states):
         pytest.skip("quantized state has only the per-tensor path")
     failures, unexpected_passes = [], []
     for case, shape, grad, role in CORPUS:
