@@ -265,6 +265,10 @@ class _Checker:
                 env[s.name] = st
                 continue
             self.per_param.add(s.name)
+            read = names_in(s.init) & self.info.global_states
+            if read:
+                raise _err(f"state {s.name!r} cannot start from the global state {sorted(read)[0]!r}; "
+                           "combine them in a statement", s)
             if s.storage != "float" and t.shape != PARAM:
                 raise _err(f"quantized state {s.name!r} must have the parameter's shape", s)
             st = Type("num", t.shape, False)

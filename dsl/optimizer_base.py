@@ -463,9 +463,12 @@ class ProgramOptimizer(torch.optim.Optimizer):
                 gstate = {n: v.to(p.device).reshape(1, 1, 1) for n, v in stored.items()}
             w_in = p.reshape(lay)
             inputs.append(w_in)
+            seed = None
+            if self.RANDOM:
+                seed = torch.full((1, 1, 1), state[SEED_KEY], dtype=torch.int64, device=p.device)
             steps.append(step(self._to_program(state, lay), hyper, False, w_in, g.reshape(lay), t,
                               None if hd is None else hd.reshape(lay), *info, need=self._present(state),
-                              gstate=gstate))
+                              seed=seed, gstate=gstate))
         results = type(self)._lockstep(steps)
         for (p, g, state, info, hd), w_in, (new_w, new_s, _) in zip(entries, inputs, results):
             _write_back(p, w_in, new_w)

@@ -2,8 +2,10 @@
 
 Every step: the task gives each member's training loss and gradients on that member's own batch;
 members that failed (rule below) are dropped from the batch; the program updates every parameter
-of the rest, eagerly, with ``lr = peak_lr · schedule.factor(t)``. At the end the held-out loss of
-each surviving member is measured.
+of the rest, eagerly, with ``lr = peak_lr · schedule.factor(t)``. A program with model-wide values
+(``global_norm``, ``global d = …``) steps all of a member's parameters together, as one model per
+member (``StepFunction.step_group``; its global states are kept under the state key ``GROUP``). At
+the end the held-out loss of each surviving member is measured.
 
 Failure rule, checked on each step's training loss before the update: a member fails at step ``t``
 when its loss is NaN or ±inf ("non-finite loss"), or exceeds ``blowup`` (10) times its own loss at

@@ -99,6 +99,7 @@ BAD = [
     ("hyper lr = 1\nw = w - lr * global_norm(lr) * g\n", 2, 26, "static scalar"),
     ("hyper lr = 1\nw = w - lr * clip_by_global_norm(g, g)\n", 2, 37, "must be a scalar"),
     ("hyper lr = 1\nglobal d = 0\nw = w - lr * g\n", 2, 8, "state 'd' is never used"),
+    ("hyper lr = 1\nglobal d = 1\nstate m = d * g\nm = m + d\nw = w - lr * m\n", 3, 7, "cannot start from the global"),
 ]
 
 
@@ -108,6 +109,27 @@ def test_misuse_is_a_located_error(text, line, col, phrase):
         parse(text)
     assert (e.value.line, e.value.column) == (line, col), str(e.value)
     assert phrase in e.value.message
+
+
+def test_model_wide_noise_programs_export_with_their_seeds():
+    """Noise and model-wide values together: the exported optimizer (per-tensor path) is the
+    evaluated step function, seeds included."""
+    text = "hyper lr = 0.1\nw = w - lr * (g + 0.1 * randn_like(g)) / global_norm(g)\n"
+    params = [torch.nn.Parameter(w.clone()) for w in _params()]
+    opt = to_optimizer(text, params, seed=3)
+    grads = _grads(3)
+    for gs in grads:
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        opt.step()
+    from optdisco.dsl.runtime import param_seed
+
+    fn = compile_program(text)
+    ws, st, gstate = _params(), [None] * 3, None
+    for t, gs in enumerate(grads, 1):
+        ws, st, gstate = fn.step_group(ws, gs, st, gstate, None, t, seeds=[param_seed(3, i) for i in range(3)])
+    for a, b in zip(params, ws):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-14, atol=1e-14)
 
 
 def test_an_if_on_t_or_a_hyperparameter_may_hold_model_wide_values():
