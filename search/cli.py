@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from pathlib import Path
 
 # Commands import what they need when they run (torch, ray, matplotlib take seconds), so that
 # `optdisco --help`, `--version` and usage errors answer at once.
@@ -20,23 +19,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def resolve_program(ref: str):
-    """A program from a ``.opt`` file path or a library name."""
-    from optdisco.dsl import parse_file
-
-    p = Path(ref)
-    if p.suffix == ".opt" or p.exists():
-        if not p.is_file():
-            raise CLIError(f"no such file: {ref}")
-        return parse_file(p)
-    from optdisco import library
-
-    try:
-        return library.load(ref)
-    except KeyError as e:
-        raise CLIError(f"{e.args[0]}; nor is {ref!r} a file") from None
 
 
 def cmd_check(args) -> int:
@@ -59,12 +41,14 @@ def cmd_check(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from optdisco.dsl import DSLError
+    from optdisco.dsl import DSLError, resolve_program
 
     try:
         program = resolve_program(args.program)
-    except DSLError as e:
+    except (DSLError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
+    except KeyError as e:  # an unknown library name; the message lists close names
+        raise CLIError(e.args[0]) from None
     if args.latex:
         from optdisco.dsl import to_latex
 
