@@ -75,25 +75,22 @@ def default_store_path(config: SearchConfig, root: str | Path = "optdisco-runs")
 
 def load_seeds(config: SearchConfig) -> list[tuple[str, str]]:
     """``(name, canonical text)`` of each seed program: library names (``all`` for every one)
-    or paths of ``.opt`` files."""
+    or paths of ``.opt`` files, read by :func:`optdisco.dsl.resolve_program`."""
     from optdisco import library
-    from optdisco.dsl import parse_file
+    from optdisco.dsl import resolve_program
 
     names = list(config.seed_programs)
     if names == ["all"]:
         names = library.names()
     out = []
     for name in names:
-        p = Path(name)
-        if p.suffix == ".opt" or p.is_file():
-            if not p.is_file():
-                raise SearchError(f"seed program file not found: {name}")
-            out.append((p.stem, parse_file(p).to_text()))
-            continue
         try:
-            out.append((name, library.load(name).to_text()))
+            program = resolve_program(name)
+        except FileNotFoundError:
+            raise SearchError(f"seed program file not found: {name}") from None
         except KeyError as e:
             raise SearchError(f"seed program {name!r}: {e.args[0]}") from None
+        out.append((Path(name).stem, program.to_text()))
     return out
 
 

@@ -84,9 +84,9 @@ _TASKS: dict[tuple[str, str], Any] = {}
 def _task(name: str, size: str):
     key = (name, size)
     if key not in _TASKS:
-        from optdisco import proxies
+        from optdisco.evaluate import resolve_task
 
-        _TASKS[key] = proxies.get(name, size=size)
+        _TASKS[key] = resolve_task(name, size)
     return _TASKS[key]
 
 
