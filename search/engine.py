@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from optdisco.dsl import Program, fingerprint, parse
+from optdisco.proxies import mix
 
 from . import preflight
 from .config import SearchConfig
@@ -47,19 +48,6 @@ from . import objectives, pareto
 from .mutation import mutate
 from .screen import screen
 from .store import RunStore
-
-_MASK = (1 << 64) - 1
-
-
-def mix(*values: int) -> int:
-    """A 63-bit seed mixed from integers (splitmix64), the same on every platform."""
-    h = 0
-    for v in values:
-        x = (h ^ (int(v) & _MASK)) + 0x9E3779B97F4A7C15 & _MASK
-        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-        h = x ^ (x >> 31)
-    return h >> 1
 
 
 def score_key(tier_reached: int, fitness: float) -> tuple[int, float]:

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from optdisco.dsl import Program, parse
+from optdisco.evaluate.result import WORST
 
 from .config import Tier
-
-WORST = math.inf
 
 
 @dataclass
