@@ -44,7 +44,14 @@ TABLES = ("meta", "candidates", "evaluations", "failures")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-class Status(str, Enum):
+class _Stored(str, Enum):
+    """A str-valued enum, stored and printed as its plain string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Status(_Stored):
     """A candidate's ``status``: waiting for an evaluation, moved on to the next tier, finished
     (its funnel ended), or finished with a failed evaluation. Stored as the plain string."""
 
@@ -53,11 +60,8 @@ class Status(str, Enum):
     DONE = "done"
     FAILED = "failed"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Origin(str, Enum):
+class Origin(_Stored):
     """Where a candidate came from: a seed program, a mutation (``child``), a proposal whose
     behaviour was already seen (``duplicate``: it reuses that score), a baseline evaluated for a
     report, a program ``simplify`` or ``finalize`` recorded. Stored as the plain string."""
@@ -67,9 +71,6 @@ class Origin(str, Enum):
     DUPLICATE = "duplicate"
     BASELINE = "baseline"
     SIMPLIFIED = "simplified"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 SEARCHED = (Origin.SEED, Origin.CHILD)
