@@ -18,7 +18,7 @@ parameter elements: :data:`REFERENCE_MODEL`, the shapes of a small byte-level GP
 256, width 128, two blocks with a 4× MLP, untied head; 460,416 elements in 17 tensors), float32. It mixes
 embedding, hidden, head and vector parameters, matrices above and below the 8-bit size
 threshold, so routing (Muon's rule only for hidden matrices), factored states (Adafactor) and
-quantized states all count. ``tests/test_memory_objective.py`` checks the figure against the
+quantized states all count. ``tests/test_dsl_memory.py`` checks the figure against the
 bytes of the ``state`` an exported optimizer holds after a step, for every library program.
 """
 
