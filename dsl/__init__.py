@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
+from .lazy import lazy_names
 
-# Imported on first use (PEP 562), as optdisco.search does: the command line imports
-# optdisco.dsl.cli, and `optdisco --help` should not wait for torch and sympy.
+# Loaded on first use (see .lazy): the command line imports optdisco.dsl.cli, and
+# `optdisco --help` should not wait for torch and sympy.
 _EXPORTS = {
     "CheckInfo": ".checker", "check": ".checker",
     "StepFunction": ".compiler", "compile_program": ".compiler", "generate_source": ".compiler",
@@ -27,15 +27,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        # the function replaces the attribute that importing its module set (``fingerprint`` is
-        # both a module and its function; the function is what this package exports)
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

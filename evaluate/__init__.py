@@ -11,10 +11,10 @@ See ``protocol`` (the protocol), ``schedule`` (the LR schedule), ``grid`` (the L
 
 from __future__ import annotations
 
-import importlib
+from optdisco.dsl.lazy import lazy_names
 
-# Imported on first use (PEP 562), as optdisco.search does: the command line imports
-# optdisco.evaluate.cli, and `optdisco --help` should not wait for torch.
+# Loaded on first use (see optdisco.dsl.lazy): the command line imports optdisco.evaluate.cli,
+# and `optdisco --help` should not wait for torch.
 _EXPORTS = {
     "extend": ".grid", "lr_grid": ".grid", "hutchinson": ".hessian",
     "TIME_LIMIT": ".protocol", "evaluate": ".protocol", "resolve_program": ".protocol", "resolve_task": ".protocol",
@@ -28,13 +28,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import importlib
 
+from optdisco.dsl.lazy import lazy_names
+
 DEFAULT = "mlp"
 """The project's default proxy task."""
 
-# Imported on first use (PEP 562), as optdisco.search does: the command line imports
-# optdisco.proxies.cli, and `optdisco --help` should not wait for torch.
+# Loaded on first use (see optdisco.dsl.lazy): the command line imports optdisco.proxies.cli,
+# and `optdisco --help` should not wait for torch.
 _EXPORTS = {
     **dict.fromkeys(("ROLES", "SIZES", "PoolTask", "Task", "batched_cross_entropy", "batched_mse", "epoch_indices",
                      "generator", "mix", "seed_list"), ".base"),
@@ -40,15 +42,10 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        for module in BUILTIN:  # every built-in task is registered before the first name is used
-            importlib.import_module(f".{module}", __name__)
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _register_builtin() -> None:
+    """Every built-in task is registered before the first name is used."""
+    for module in BUILTIN:
+        importlib.import_module(f".{module}", __name__)
 
 
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, before=_register_builtin)
