@@ -325,8 +325,8 @@ class RunStore:
         c.execute(
             "INSERT INTO candidates (program, fingerprint, parents, mutation, detail, origin, duplicate_of, proposal,"
             " created, status, tier_reached, fitness) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (program, fingerprint, json.dumps(list(parents)), mutation, detail, Origin(origin).value, duplicate_of,
-             proposal, time.time(), Status(status).value, tier_reached, _f(fitness)),
+            (program, fingerprint, json.dumps(list(parents)), mutation, detail, str(origin), duplicate_of,
+             proposal, time.time(), str(status), tier_reached, _f(fitness)),
         )
         return int(c.lastrowid)
 
@@ -359,7 +359,7 @@ class RunStore:
     @staticmethod
     def finish_candidate(c, cid: int, *, status: Status | str, tier_reached: int, fitness: float) -> None:
         c.execute("UPDATE candidates SET status = ?, tier_reached = ?, fitness = ? WHERE id = ?",
-                  (Status(status).value, tier_reached, _f(fitness), cid))
+                  (str(status), tier_reached, _f(fitness), cid))
 
     @staticmethod
     def add_objectives(c, candidate: int, tier: int, values: dict) -> None:
