@@ -1,14 +1,23 @@
 """optdisco.dsl — the optimizer language: parse, check, print, compile, simplify, fingerprint, export."""
 
-from .checker import CheckInfo, check
-from .compiler import StepFunction, compile_program, generate_source
-from .errors import DSLError
-from .export import export_python, optimizer_class, to_optimizer
-from .fingerprint import fingerprint
-from .parser import parse, parse_file
-from .resolve import resolve_program
-from .program import Assign, BinOp, Call, Hyper, If, Name, Num, Program, State, Unary
-from .symbolic import simplify, to_latex, update_exprs
+from __future__ import annotations
+
+from .lazy import lazy_names
+
+# Loaded on first use (see .lazy): the command line imports optdisco.dsl.cli, and
+# `optdisco --help` should not wait for torch and sympy.
+_EXPORTS = {
+    "CheckInfo": ".checker", "check": ".checker",
+    "StepFunction": ".compiler", "compile_program": ".compiler", "generate_source": ".compiler",
+    "DSLError": ".errors",
+    "export_python": ".export", "optimizer_class": ".export", "to_optimizer": ".export",
+    "fingerprint": ".fingerprint",
+    "parse": ".parser", "parse_file": ".parser",
+    "resolve_program": ".resolve",
+    "Assign": ".program", "BinOp": ".program", "Call": ".program", "Hyper": ".program", "If": ".program",
+    "Name": ".program", "Num": ".program", "Program": ".program", "State": ".program", "Unary": ".program",
+    "simplify": ".symbolic", "to_latex": ".symbolic", "update_exprs": ".symbolic",
+}
 
 __all__ = [
     "DSLError", "Program", "parse", "parse_file", "check", "CheckInfo", "compile_program",
@@ -16,3 +25,6 @@ __all__ = [
     "State", "Unary", "fingerprint", "simplify", "to_latex", "update_exprs",
     "to_optimizer", "export_python", "optimizer_class", "resolve_program",
 ]
+
+
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

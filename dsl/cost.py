@@ -29,10 +29,10 @@ import math
 from dataclasses import dataclass
 
 from .checker import check
-from .compiler import _static_value, _Unknown, view_shape
-from .memory import REFERENCE_MODEL, SHAPE_INPUTS, reached_states
+from .compiler import view_shape
+from .memory import REFERENCE_MODEL, reached, reached_states, shape_env
 from .primitives import ELEMENTWISE
-from .program import Assign, BinOp, Call, Name, Num, Program, Unary, names_in
+from .program import BinOp, Call, Name, Num, Program, Unary
 from .runtime import Q_BLOCK, Q_MIN_NUMEL
 
 FLOPS = {"ema": 3, "lerp": 3, "clip": 2}
@@ -59,10 +59,6 @@ def _size(sym, rows, cols) -> int:
 def _param_cost(program: Program, info, shape, role) -> tuple[float, float]:
     rows, cols = view_shape(tuple(shape))
     n_param = rows * cols
-    ndim = len(shape)
-    is_matrix = ndim >= 2
-    env = dict(zip(SHAPE_INPUTS, (rows, cols, ndim, n_param, is_matrix, not is_matrix, role == "embedding",
-                                  role == "head", is_matrix and role == "hidden")))
     need = reached_states(program, shape, role)
     moved = 0.0
     flops = 0.0
@@ -121,25 +117,8 @@ def _param_cost(program: Program, info, shape, role) -> tuple[float, float]:
                 flops += operand
             moved += 4 * (operand + 2 * numel(e))
 
-    def walk(body):
-        for st in body:
-            if isinstance(st, Assign):
-                expr(st.value)
-                continue
-            decided = None
-            if names_in(st.cond) <= set(SHAPE_INPUTS):
-                try:
-                    decided = bool(_static_value(st.cond, env))
-                except _Unknown:
-                    decided = None
-            if decided is None:
-                expr(st.cond)
-                walk(st.then)
-                walk(st.orelse)
-            else:
-                walk(st.then if decided else st.orelse)
-
-    walk(program.body)
+    for e, _ in reached(program.body, shape_env(shape, role)):
+        expr(e)
     moved += 4 * n_param * (3 + (1 if program.uses_hess_diag else 0))  # read w, g (hess_diag); write w
     for s in program.param_states:
         if s.name not in need:

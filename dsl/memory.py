@@ -20,20 +20,21 @@ parameter elements: :data:`REFERENCE_MODEL`, the shapes of a small byte-level GP
 256, width 128, two blocks with a 4× MLP, untied head; 460,416 elements in 17 tensors), float32. It mixes
 embedding, hidden, head and vector parameters, matrices above and below the 8-bit size
 threshold, so routing (Muon's rule only for hidden matrices), factored states (Adafactor) and
-quantized states all count. ``tests/test_memory_objective.py`` checks the figure against the
+quantized states all count. ``tests/test_dsl_memory.py`` checks the figure against the
 bytes of the ``state`` an exported optimizer holds after a step, for every library program.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 from .checker import check
 from .compiler import _static_value, _Unknown, view_shape
-from .program import Assign, Name, Program, names_in, walk_exprs
+from .primitives import SHAPE_INPUTS
+from .program import Assign, Expr, Name, Program, names_in, walk_exprs
 from .runtime import Q_BLOCK, Q_MIN_NUMEL
 
-SHAPE_INPUTS = ("rows", "cols", "ndim", "numel", "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
 STEP_BYTES = 4
 """The exported optimizer's step counter: a float32 scalar per parameter that reads ``t``."""
 
@@ -59,36 +60,44 @@ REFERENCE_MODEL = _gpt()
 stated for: a byte-level GPT, vocabulary 256, width 128, two blocks, 4× MLP, untied head."""
 
 
-def reached_states(program: Program, shape: tuple[int, ...], role: str) -> set[str]:
-    """The states (and ``"t"`` when the step count is read) that a parameter of ``shape`` and
-    ``role`` can reach; other states are never allocated for it."""
+def shape_env(shape: tuple[int, ...], role: str) -> dict:
+    """The shape inputs (``rows``, ``cols``, …, ``is_hidden``) of a parameter of ``shape`` and ``role``."""
     rows, cols = view_shape(tuple(shape))
     ndim = len(shape)
     is_matrix = ndim >= 2
-    env = dict(zip(SHAPE_INPUTS, (rows, cols, ndim, rows * cols, is_matrix, not is_matrix, role == "embedding",
-                                  role == "head", is_matrix and role == "hidden")))
+    return dict(zip(SHAPE_INPUTS, (rows, cols, ndim, rows * cols, is_matrix, not is_matrix, role == "embedding",
+                                   role == "head", is_matrix and role == "hidden")))
+
+
+def reached(body, env: dict) -> Iterator[tuple[Expr, str | None]]:
+    """``(expression, target)`` of what a step evaluates for a parameter whose shape inputs are
+    ``env``, in order: each assignment's value and target, and (target ``None``) the condition of
+    each if-block that is not decided by the shape alone; a decided if-block takes its one branch."""
+    for st in body:
+        if isinstance(st, Assign):
+            yield st.value, st.target
+            continue
+        decided = None
+        if names_in(st.cond) <= set(SHAPE_INPUTS):
+            try:
+                decided = bool(_static_value(st.cond, env))
+            except _Unknown:
+                decided = None
+        if decided is None:
+            yield st.cond, None
+            yield from reached(st.then, env)
+            yield from reached(st.orelse, env)
+        else:
+            yield from reached(st.then if decided else st.orelse, env)
+
+
+def reached_states(program: Program, shape: tuple[int, ...], role: str) -> set[str]:
+    """The states (and ``"t"`` when the step count is read) that a parameter of ``shape`` and
+    ``role`` can reach; other states are never allocated for it."""
     states = {s.name for s in program.states} | {"t"}
     need: set[str] = set()
-
-    def walk(body):
-        for st in body:
-            if isinstance(st, Assign):
-                need.update((names_in(st.value) | {st.target}) & states)
-                continue
-            decided = None
-            if names_in(st.cond) <= set(SHAPE_INPUTS):
-                try:
-                    decided = bool(_static_value(st.cond, env))
-                except _Unknown:
-                    decided = None
-            if decided is None:
-                need.update(names_in(st.cond) & states)
-                walk(st.then)
-                walk(st.orelse)
-            else:
-                walk(st.then if decided else st.orelse)
-
-    walk(program.body)
+    for e, target in reached(program.body, shape_env(shape, role)):
+        need.update((names_in(e) | {target}) & states)
     deps = {s.name: names_in(s.init) & states for s in program.states}
     deps["t"] = set()
     todo = list(need)

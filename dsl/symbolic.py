@@ -16,9 +16,10 @@ import math
 import sympy as sp
 
 from .checker import check
+from .edit import assign_paths, remove_dead_statements, replace_stmt
 from .errors import DSLError
 from .primitives import INPUT_TYPES, PRIMITIVES, RANDOM
-from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, influences_w, names_in
+from .program import Assign, BinOp, Call, Expr, Name, Num, Program, Stmt, Unary
 
 _ELEMENTWISE = {
     "sign": sp.sign,
@@ -237,31 +238,6 @@ def update_exprs(program: Program) -> dict[str, sp.Expr]:
 
 
 # -- static simplification ---------------------------------------------------------------------------
-def _live_filter(program: Program) -> Program:
-    """Remove assignments whose value is never read afterwards, and states that never affect w."""
-    live_states = influences_w(program)
-    states = tuple(s for s in program.states if s.name in live_states)
-
-    def sweep(body: tuple[Stmt, ...], live: set[str]) -> tuple[tuple[Stmt, ...], set[str]]:
-        out: list[Stmt] = []
-        for s in reversed(body):
-            if isinstance(s, Assign):
-                if s.target in live:
-                    out.append(s)
-                    live = (live - {s.target}) | names_in(s.value)
-            else:
-                then, lt = sweep(s.then, set(live))
-                orelse, le = sweep(s.orelse, set(live))
-                if then or orelse:
-                    out.append(If(s.cond, then, orelse, s.line, s.col))
-                    live = lt | le | names_in(s.cond)
-        return tuple(reversed(out)), live
-
-    live_end = {"w"} | {s.name for s in states}
-    body, _ = sweep(program.body, live_end)
-    return Program(program.hypers, states, body, program.doc)
-
-
 def size(e: Expr) -> int:
     """Number of nodes of an expression (the measure simplification reduces)."""
     from .program import sub_exprs
@@ -280,46 +256,24 @@ def _simplify_expr(e: Expr) -> Expr:
     return best if size(best) < size(e) else e
 
 
-def _replace_stmt(body: tuple[Stmt, ...], path: tuple[int, ...], new: Stmt) -> tuple[Stmt, ...]:
-    i = path[0]
-    if len(path) == 1:
-        return body[:i] + (new,) + body[i + 1 :]
-    s = body[i]
-    branch, rest = path[1], path[2:]
-    if branch == 0:
-        s2 = If(s.cond, _replace_stmt(s.then, rest, new), s.orelse, s.line, s.col)
-    else:
-        s2 = If(s.cond, s.then, _replace_stmt(s.orelse, rest, new), s.line, s.col)
-    return body[:i] + (s2,) + body[i + 1 :]
-
-
-def _assign_paths(body: tuple[Stmt, ...], prefix=()):
-    for i, s in enumerate(body):
-        if isinstance(s, Assign):
-            yield prefix + (i,), s
-        else:
-            yield from _assign_paths(s.then, prefix + (i, 0))
-            yield from _assign_paths(s.orelse, prefix + (i, 1))
-
-
 def simplify(program: Program) -> Program:
     """Static simplification: dead code removal, then each right-hand side simplified with sympy
     (constant folding and algebraic identities such as ``sign(sign(x)) → sign(x)``,
     ``x * 1 → x``), keeping a rewrite only where the program still checks; then dead code again
     (a rewrite can make statements unused)."""
     check(program)
-    p = _live_filter(program)
-    for path, s in list(_assign_paths(p.body)):
+    p = remove_dead_statements(program)
+    for path, s in list(assign_paths(p.body)):
         new_value = _simplify_expr(s.value)
         if new_value == s.value:
             continue
-        candidate = Program(p.hypers, p.states, _replace_stmt(p.body, path, Assign(s.target, new_value)), p.doc)
+        candidate = Program(p.hypers, p.states, replace_stmt(p.body, path, Assign(s.target, new_value)), p.doc)
         try:
             check(candidate)
         except DSLError:
             continue
         p = candidate
-    p = _live_filter(p)
+    p = remove_dead_statements(p)
     check(p)
     return p
 

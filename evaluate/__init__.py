@@ -9,14 +9,23 @@ See ``protocol`` (the protocol), ``schedule`` (the LR schedule), ``grid`` (the L
 ``result`` (the Result and its JSON form) and ``validate`` (the target-scale comparison).
 """
 
-from .grid import extend, lr_grid
-from .hessian import hutchinson
-from .protocol import TIME_LIMIT, evaluate, resolve_program, resolve_task
-from .result import WORST, Member, Result
-from .runner import BLOWUP, run_members
-from .schedule import Schedule
+from __future__ import annotations
+
+from optdisco.dsl.lazy import lazy_names
+
+# Loaded on first use (see optdisco.dsl.lazy): the command line imports optdisco.evaluate.cli,
+# and `optdisco --help` should not wait for torch.
+_EXPORTS = {
+    "extend": ".grid", "lr_grid": ".grid", "hutchinson": ".hessian",
+    "TIME_LIMIT": ".protocol", "evaluate": ".protocol", "resolve_program": ".protocol", "resolve_task": ".protocol",
+    "WORST": ".result", "Member": ".result", "Result": ".result",
+    "BLOWUP": ".runner", "run_members": ".runner", "Schedule": ".schedule",
+}
 
 __all__ = [
     "BLOWUP", "Member", "Result", "Schedule", "TIME_LIMIT", "WORST", "evaluate", "extend", "hutchinson",
     "lr_grid", "resolve_program", "resolve_task", "run_members",
 ]
+
+
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

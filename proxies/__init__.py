@@ -14,20 +14,38 @@ and decorating it with ``@register``. ``batched_cross_entropy`` and ``batched_ms
 member's loss ``[M]`` from stacked outputs ``[M, ...]``, for a task's hand-batched ``batched_loss``.
 """
 
-from .base import (
-    ROLES, SIZES, PoolTask, Task, batched_cross_entropy, batched_mse, epoch_indices, generator, mix, seed_list,
-)
-from .registry import get, names, register
-from .suites import HELDOUT, SUITE
+from __future__ import annotations
 
-from . import quadratic, mlp, memory, digits, lm  # noqa: E402,F401  (register the built-in tasks)
-from . import rnn, attention, deepnet, denoise  # noqa: E402,F401  (the selection suite's tasks)
-from . import tanhnet, autoencoder, gru  # noqa: E402,F401  (held-out tasks)
+import importlib
+
+from optdisco.dsl.lazy import lazy_names
 
 DEFAULT = "mlp"
 """The project's default proxy task."""
+
+# Loaded on first use (see optdisco.dsl.lazy): the command line imports optdisco.proxies.cli,
+# and `optdisco --help` should not wait for torch.
+_EXPORTS = {
+    **dict.fromkeys(("ROLES", "SIZES", "PoolTask", "Task", "batched_cross_entropy", "batched_mse", "epoch_indices",
+                     "generator", "mix", "seed_list"), ".base"),
+    **dict.fromkeys(("get", "names", "register"), ".registry"),
+    **dict.fromkeys(("HELDOUT", "SUITE"), ".suites"),
+}
+BUILTIN = ("quadratic", "mlp", "memory", "digits", "lm",  # the first tasks
+           "rnn", "attention", "deepnet", "denoise",  # the selection suite's other tasks
+           "tanhnet", "autoencoder", "gru")  # held-out tasks
+"""The modules of the built-in tasks; importing one registers its task."""
 
 __all__ = [
     "DEFAULT", "HELDOUT", "PoolTask", "ROLES", "SIZES", "SUITE", "Task", "batched_cross_entropy", "batched_mse",
     "epoch_indices", "generator", "get", "mix", "names", "register", "seed_list",
 ]
+
+
+def _register_builtin() -> None:
+    """Every built-in task is registered before the first name is used."""
+    for module in BUILTIN:
+        importlib.import_module(f".{module}", __name__)
+
+
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, before=_register_builtin)

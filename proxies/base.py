@@ -30,8 +30,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.func import functional_call, vmap
 
-ROLES = ("hidden", "embedding", "head", "vector")
-"""Parameter roles: hidden matrices and conv kernels, input embeddings, the output layer, 1-D."""
+from optdisco.dsl.primitives import ROLES  # parameter roles: what a program's is_hidden, is_embedding, is_head read
 
 SIZES = ("proxy", "target")
 """A proxy runs in seconds on a laptop CPU; a target in minutes there, and is meant for a GPU."""

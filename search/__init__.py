@@ -8,23 +8,14 @@ reports and the command line.
 
 from __future__ import annotations
 
-import importlib
+from optdisco.dsl.lazy import lazy_names
 
-# Imported on first use (PEP 562): the command line imports this package, and `optdisco --help`
-# should not wait for torch.
+# Loaded on first use (see optdisco.dsl.lazy): the command line imports this package, and
+# `optdisco --help` should not wait for torch.
 _EXPORTS = {"SearchConfig": ".config", "Tier": ".config", "Search": ".engine", "SearchError": ".engine",
             "Run": ".run"}
 
 __all__ = ["Search", "SearchConfig", "SearchError", "Tier", "Run"]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

@@ -39,8 +39,6 @@ def _load(spec: str, rank: int = 1, point: int | None = None):
     """A program from a run store (the one at ``rank``, or point ``point`` of its Pareto front),
     a .opt file path or a library name, with the stem of its class name and, from a run store's
     ranking, the context it was tuned in (else None)."""
-    from optdisco.dsl import parse_file
-
     path = Path(spec)
     if _is_run_store(path):
         if not path.is_file():
@@ -59,13 +57,9 @@ def _load(spec: str, rank: int = 1, point: int | None = None):
         finally:
             run.close()
         return row["program"], "DiscoveredOptimizer" if rank == 1 else f"DiscoveredOptimizer{rank}", row["context"]
-    if path.suffix == ".opt" or path.is_file():
-        if not path.is_file():
-            raise FileNotFoundError(f"no such program file: {spec}")
-        return parse_file(path), path.stem, None
-    from optdisco import library
+    from optdisco.dsl import resolve_program
 
-    return library.load(spec), spec, None
+    return resolve_program(spec), path.stem, None
 
 
 def _list_front(spec: str) -> int:

@@ -29,6 +29,7 @@ def cmd_simplify(args) -> int:
     from .evaluator import Job, ProxyEvaluator, run_job
     from .run import Run
     from .simplify import simplify_program
+    from .store import Origin
     from .finalize import record_simplified
 
     try:
@@ -40,7 +41,7 @@ def cmd_simplify(args) -> int:
     last = len(cfg.tiers) - 1
     tier = run.tier(last)  # a suite's tier with its stored reference fitnesses
     evaluator = ProxyEvaluator()
-    best = [b for b in run.best(args.top * 3) if b["origin"] != "simplified" and b["tier_reached"] == last][: args.top]
+    best = [b for b in run.best(args.top * 3) if b["origin"] != Origin.SIMPLIFIED and b["tier_reached"] == last][: args.top]
     if not best:
         print("optdisco simplify: no program of this run reached the last tier yet", file=sys.stderr)
         return 1

@@ -35,9 +35,10 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from optdisco.dsl import Program, fingerprint, parse
+from optdisco.proxies import mix
 
 from . import preflight
 from .config import SearchConfig
@@ -46,20 +47,7 @@ from .executors import Finished, make_executor
 from . import objectives, pareto
 from .mutation import mutate
 from .screen import screen
-from .store import RunStore
-
-_MASK = (1 << 64) - 1
-
-
-def mix(*values: int) -> int:
-    """A 63-bit seed mixed from integers (splitmix64), the same on every platform."""
-    h = 0
-    for v in values:
-        x = (h ^ (int(v) & _MASK)) + 0x9E3779B97F4A7C15 & _MASK
-        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-        h = x ^ (x >> 31)
-    return h >> 1
+from .store import FINISHED, Origin, RunStore, Status
 
 
 def score_key(tier_reached: int, fitness: float) -> tuple[int, float]:
@@ -75,26 +63,63 @@ def default_store_path(config: SearchConfig, root: str | Path = "optdisco-runs")
 
 def load_seeds(config: SearchConfig) -> list[tuple[str, str]]:
     """``(name, canonical text)`` of each seed program: library names (``all`` for every one)
-    or paths of ``.opt`` files."""
+    or paths of ``.opt`` files, read by :func:`optdisco.dsl.resolve_program`."""
     from optdisco import library
-    from optdisco.dsl import parse_file
+    from optdisco.dsl import resolve_program
 
     names = list(config.seed_programs)
     if names == ["all"]:
         names = library.names()
     out = []
     for name in names:
-        p = Path(name)
-        if p.suffix == ".opt" or p.is_file():
-            if not p.is_file():
-                raise SearchError(f"seed program file not found: {name}")
-            out.append((p.stem, parse_file(p).to_text()))
-            continue
         try:
-            out.append((name, library.load(name).to_text()))
+            program = resolve_program(name)
+        except FileNotFoundError:
+            raise SearchError(f"seed program file not found: {name}") from None
         except KeyError as e:
             raise SearchError(f"seed program {name!r}: {e.args[0]}") from None
+        out.append((Path(name).stem, program.to_text()))
     return out
+
+
+class Member(NamedTuple):
+    """A population member (or the best so far): a candidate and its score, the last tier it
+    reached and its fitness there. Saved in the store's state as ``[candidate, tier, fitness]``."""
+
+    candidate: int
+    tier: int
+    fitness: float
+
+
+class Pending(NamedTuple):
+    """An evaluation submitted and not yet recorded: the candidate, its tier and which attempt.
+    Saved as ``[candidate, tier, attempt]``; a resumed run submits these again."""
+
+    candidate: int
+    tier: int
+    attempt: int
+
+
+class Proposal(NamedTuple):
+    """What one proposal came to: ``job``, an evaluation to submit; or no job, when the proposal
+    cost no evaluation (a duplicate, or nothing usable) or, with ``wait``, when there is no parent
+    yet (the population fills as evaluations finish)."""
+
+    job: Job | None = None
+    wait: bool = False
+
+
+WAIT = Proposal(wait=True)
+FREE = Proposal()
+
+
+def _typed_state(state: dict) -> dict:
+    """The searcher's state as read from the store, with its entries as records."""
+    state["population"] = [Member(*m) for m in state["population"]]
+    state["pending"] = [Pending(*p) for p in state["pending"]]
+    if state.get("best") is not None:
+        state["best"] = Member(*state["best"])
+    return state
 
 
 @dataclass
@@ -149,11 +174,11 @@ class Search:
         if evaluator is None:
             evaluator = ProxyEvaluator(options=objectives.evaluator_options(self.config.objectives))
         self.evaluator = evaluator
-        self.state = self.store.get_meta("state")
+        self.state = _typed_state(self.store.get_meta("state"))
         self._objectives: dict[tuple[int, int], dict] = {}
         if self._multi:
-            pareto.ensure_table(self.store)
-            self._objectives = pareto.load(self.store)
+            self.store.ensure_pareto_table()
+            self._objectives = self.store.objectives()
             self.state.setdefault("front", [])
         self._programs: dict[int, Program] = {}
         self._seeds = [tuple(x) for x in self.store.get_meta("seeds", [])]
@@ -192,7 +217,7 @@ class Search:
         uniformly, whatever its fitness (``random``: the random-walk baseline)."""
         if self.config.strategy == "random":
             pop = self.state["population"]
-            return pop[rng.randrange(len(pop))][0]
+            return pop[rng.randrange(len(pop))].candidate
         return self._tournament(rng)
 
     def _tournament(self, rng: random.Random) -> int:
@@ -200,11 +225,11 @@ class Search:
         k = min(self.config.tournament, len(pop))
         picks = rng.sample(range(len(pop)), k)
         if self._multi:  # NSGA-II's order over the population: non-dominated rank, then crowding
-            order = pareto.selection_order([self._point(cid, tier) for cid, tier, _ in pop])
+            order = pareto.selection_order([self._point(m.candidate, m.tier) for m in pop])
             best = min(picks, key=lambda i: (order[i], i))
         else:
-            best = min(picks, key=lambda i: (score_key(pop[i][1], pop[i][2]), i))
-        return pop[best][0]
+            best = min(picks, key=lambda i: (score_key(pop[i].tier, pop[i].fitness), i))
+        return pop[best].candidate
 
     def _point(self, cid: int, tier: int) -> tuple:
         """A candidate's objectives on ``tier`` as a point for dominance (``pareto.key``)."""
@@ -213,14 +238,14 @@ class Search:
 
     def _join_population(self, cid: int, tier: int, fitness: float) -> None:
         st = self.state
-        st["population"].append([cid, tier, fitness])
+        st["population"].append(Member(cid, tier, fitness))
         if self._multi:
             st["front"], _ = pareto.front_update(st["front"], cid, self._point(cid, tier))
         while len(st["population"]) > self.config.population:
             st["population"].pop(0)
         best = st.get("best")
-        if best is None or score_key(tier, fitness) < score_key(best[1], best[2]):
-            st["best"] = [cid, tier, fitness]
+        if best is None or score_key(tier, fitness) < score_key(best.tier, best.fitness):
+            st["best"] = Member(cid, tier, fitness)
             st["since_improvement"] = 0
         else:
             st["since_improvement"] += 1
@@ -231,27 +256,26 @@ class Search:
     def _restart(self) -> None:
         """Refill the population with the best finished candidates and the seed programs."""
         st = self.state
-        rows = self.store.candidates("status IN ('done', 'failed') AND origin != 'duplicate'")
+        rows = self.store.finished_candidates()
         rows.sort(key=lambda r: (score_key(r["tier_reached"], r["fitness"]), r["id"]))
         keep = rows[: max(1, self.config.population // 4)]
-        seeds = [r for r in rows if r["origin"] == "seed" and r not in keep]
-        st["population"] = [[r["id"], r["tier_reached"], r["fitness"]] for r in keep + seeds]
+        seeds = [r for r in rows if r["origin"] == Origin.SEED and r not in keep]
+        st["population"] = [Member(r["id"], r["tier_reached"], r["fitness"]) for r in keep + seeds]
         st["since_improvement"] = 0
         st["restarts"] += 1
 
     # -- proposals -----------------------------------------------------------------------------------
-    def _propose(self) -> Job | None | str:
-        """Make the next proposal. Returns a job to submit, ``None`` if the proposal cost no
-        evaluation (a duplicate or nothing usable), or ``"wait"`` if no parent is available yet."""
+    def _propose(self) -> Proposal:
+        """Make the next proposal (see :class:`Proposal`)."""
         st = self.state
         cfg = self.config
         n = st["proposals"]
         if n < len(self._seeds):
             name, text = self._seeds[n]
             fp = fingerprint(parse(text))
-            return self._add_candidate(n, text, fp, [], "seed", name, origin="seed")
+            return self._add_candidate(n, text, fp, [], "seed", name, origin=Origin.SEED)
         if not st["population"]:
-            return "wait"
+            return WAIT
         rng = random.Random(mix(cfg.seed, n))
         parent = self._parent(rng)
         other = self._parent(rng)
@@ -268,50 +292,49 @@ class Search:
                 continue
             parents = [parent] if child.mutation != "crossover" else [parent, other]
             return self._add_candidate(n, child.program.to_text(), fingerprint(child.program), parents,
-                                       child.mutation, child.detail, origin="child")
+                                       child.mutation, child.detail, origin=Origin.CHILD)
         st["proposals"] = n + 1
         self.store.transaction(self._save_state)
-        return None
+        return FREE
 
-    def _add_candidate(self, n, text, fp, parents, mutation, detail, origin) -> Job | None:
+    def _add_candidate(self, n, text, fp, parents, mutation, detail, origin: Origin) -> Proposal:
         st = self.state
         st["proposals"] = n + 1
         known = self.store.by_fingerprint(fp)
         if known is not None:
             st["duplicates"] += 1
-            done = known["status"] in ("done", "failed")
+            done = known["status"] in FINISHED
 
             def tx(c):
                 if done:
                     RunStore.add_candidate(c, program=text, fingerprint=fp, parents=parents, mutation=mutation,
-                                           detail=detail, origin="duplicate", proposal=n, status="done",
+                                           detail=detail, origin=Origin.DUPLICATE, proposal=n, status=Status.DONE,
                                            duplicate_of=known["id"], tier_reached=known["tier_reached"],
                                            fitness=known["fitness"])
                     self._join_population(known["id"], known["tier_reached"], known["fitness"])
                 self._save_state(c)
 
             self.store.transaction(tx)
-            return None
+            return FREE
 
         def tx(c):
             cid = RunStore.add_candidate(c, program=text, fingerprint=fp, parents=parents, mutation=mutation,
                                          detail=detail, origin=origin, proposal=n)
-            st["pending"].append([cid, 0, 1])
+            st["pending"].append(Pending(cid, 0, 1))
             self._save_state(c)
             return cid
 
         cid = self.store.transaction(tx)
-        return Job(cid, 0, self.tier(0), text, 1)
+        return Proposal(Job(cid, 0, self.tier(0), text, 1))
 
     # -- recording -----------------------------------------------------------------------------------
     def _promote(self, c, cid: int, tier: int, fitness: float, origin: str) -> bool:
         tiers = self.config.tiers
         if tier + 1 >= len(tiers) or not math.isfinite(fitness):
             return False
-        if origin == "seed":
+        if origin == Origin.SEED:
             return True
-        rows = c.execute("SELECT fitness FROM evaluations WHERE tier = ? AND fitness IS NOT NULL", (tier,)).fetchall()
-        finite = sorted(r[0] for r in rows if r[0] is not None and math.isfinite(r[0]))
+        finite = sorted(f for f in RunStore.tier_fitnesses(c, tier) if f is not None and math.isfinite(f))
         rank = sum(1 for f in finite if f < fitness) + 1
         if rank <= math.ceil(tiers[tier + 1].promote * len(finite)):
             return True
@@ -325,7 +348,7 @@ class Search:
         """Record one finished job; returns a job to resubmit or to run next (promotion)."""
         st = self.state
         job, out = f.job, f.outcome
-        entry = [job.candidate, job.tier_index, job.attempt]
+        entry = Pending(job.candidate, job.tier_index, job.attempt)
         cand = self.store.candidate(job.candidate)
         if f.failure == "died" and job.attempt <= self.config.max_retries:
             retry = Job(job.candidate, job.tier_index, job.tier, job.program, job.attempt + 1)
@@ -334,7 +357,7 @@ class Search:
                 RunStore.add_failure(c, candidate=job.candidate, tier=job.tier_index, attempt=job.attempt,
                                      kind="died", worker=out.worker or None, error=out.error)
                 st["failures"] += 1
-                st["pending"] = [p for p in st["pending"] if p != entry] + [[job.candidate, job.tier_index, job.attempt + 1]]
+                st["pending"] = [p for p in st["pending"] if p != entry] + [entry._replace(attempt=job.attempt + 1)]
                 self._save_state(c)
 
             self.store.transaction(tx)
@@ -355,16 +378,16 @@ class Search:
             st["pending"] = [p for p in st["pending"] if p != entry]
             if self._multi:
                 values = objectives.compute(self.config.objectives, job.program, out.fitness, out.result)
-                pareto.record(c, job.candidate, job.tier_index, values)
+                RunStore.add_objectives(c, job.candidate, job.tier_index, values)
                 self._objectives[(job.candidate, job.tier_index)] = values
             if self._promote(c, job.candidate, job.tier_index, out.fitness, cand["origin"]):
-                RunStore.finish_candidate(c, job.candidate, status="promoted", tier_reached=job.tier_index,
+                RunStore.finish_candidate(c, job.candidate, status=Status.PROMOTED, tier_reached=job.tier_index,
                                           fitness=out.fitness)
-                st["pending"].append([job.candidate, job.tier_index + 1, 1])
+                st["pending"].append(Pending(job.candidate, job.tier_index + 1, 1))
                 next_job = Job(job.candidate, job.tier_index + 1, self.tier(job.tier_index + 1), job.program, 1)
             else:
                 failed = not math.isfinite(out.fitness)
-                RunStore.finish_candidate(c, job.candidate, status="failed" if failed else "done",
+                RunStore.finish_candidate(c, job.candidate, status=Status.FAILED if failed else Status.DONE,
                                           tier_reached=job.tier_index, fitness=out.fitness)
                 self._join_population(job.candidate, job.tier_index, out.fitness)
             self._save_state(c)
@@ -379,7 +402,7 @@ class Search:
         last = len(self.config.tiers) - 1
         return Progress(
             evaluations=st["evaluations"], budget=self.config.budget,
-            best=best[2] if best and best[1] == last else math.inf,
+            best=best.fitness if best and best.tier == last else math.inf,
             duplicates=st["duplicates"], rejected=sum(st["rejected"].values()), failures=st["failures"],
             elapsed=self._elapsed0 + (time.monotonic() - self._t0), in_flight=in_flight,
         )
@@ -396,8 +419,9 @@ class Search:
         self._side_jobs = 0
         try:
             self._ensure_references(ex)
-            for cid, tier, attempt in self.state["pending"]:  # jobs in flight when the last run stopped
-                ready.append(Job(cid, tier, self.tier(tier), self.store.candidate(cid)["program"], attempt))
+            for p in self.state["pending"]:  # jobs in flight when the last run stopped
+                ready.append(Job(p.candidate, p.tier, self.tier(p.tier), self.store.candidate(p.candidate)["program"],
+                                 p.attempt))
             for cid in list(self.state.get("heldout_pending", [])):
                 self._submit_heldout(ex, cid, resubmit=True)
             idle_proposals = 0
@@ -408,11 +432,11 @@ class Search:
                     if ready:
                         ex.submit(ready.pop(0))
                         continue
-                    job = self._propose()
-                    if job == "wait":
+                    proposal = self._propose()
+                    if proposal.wait:
                         stalled = True
                         break
-                    if job is None:
+                    if proposal.job is None:
                         idle_proposals += 1
                         if idle_proposals > 2000:
                             raise SearchError("2000 proposals in a row cost no evaluation: the search space "
@@ -420,7 +444,7 @@ class Search:
                         self._notify(ex)
                         continue
                     idle_proposals = 0
-                    ex.submit(job)
+                    ex.submit(proposal.job)
                 if ex.in_flight() == 0:
                     if stalled:
                         raise SearchError("no candidate could be evaluated: every seed program failed")
@@ -496,7 +520,7 @@ class Search:
     def _finalists(self) -> list[int]:
         """The ``finalists`` best candidates on the last tier so far."""
         last = len(self.config.tiers) - 1
-        rows = self.store.candidates("origin IN ('seed', 'child') AND status = 'done' AND tier_reached = ?", (last,))
+        rows = self.store.done_on_tier(last)
         rows = [r for r in rows if r["fitness"] is not None and math.isfinite(r["fitness"])]
         rows.sort(key=lambda r: (r["fitness"], r["id"]))
         return [r["id"] for r in rows[: self.config.finalists]]

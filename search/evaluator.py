@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from optdisco.dsl import Program, parse
+from optdisco.evaluate.result import WORST
 
 from .config import Tier
-
-WORST = math.inf
 
 
 @dataclass
@@ -84,9 +83,9 @@ _TASKS: dict[tuple[str, str], Any] = {}
 def _task(name: str, size: str):
     key = (name, size)
     if key not in _TASKS:
-        from optdisco import proxies
+        from optdisco.evaluate import resolve_task
 
-        _TASKS[key] = proxies.get(name, size=size)
+        _TASKS[key] = resolve_task(name, size)
     return _TASKS[key]
 
 

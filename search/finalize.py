@@ -25,7 +25,7 @@ from .config import DEFAULT_BASELINES
 from .evaluator import Job, ProxyEvaluator, run_job
 from .run import Run
 from .simplify import simplify_program
-from .store import RunStore
+from .store import SEARCHED, Origin, RunStore, Status
 
 
 def writable(run: Run) -> Run:
@@ -40,7 +40,7 @@ def record_simplified(run: Run, parent: int, res, out, tier: int, task: str, tol
     def tx(c):
         cid = RunStore.add_candidate(c, program=res.program.to_text(), fingerprint=fingerprint(res.program),
                                      parents=[parent], mutation="simplify", detail=f"tolerance {tolerance:g}",
-                                     origin="simplified", proposal=None, status="done", tier_reached=tier,
+                                     origin=Origin.SIMPLIFIED, proposal=None, status=Status.DONE, tier_reached=tier,
                                      fitness=res.fitness_after)
         if out is not None:
             RunStore.add_evaluation(c, candidate=cid, tier=tier, task=task, fitness=out.fitness,
@@ -60,7 +60,7 @@ def simplify_best(run: Run, top: int = 1, tolerance: float = 0.01, evaluator: Ca
     last = len(run.config.tiers) - 1
     tier = run.tier(last)
     evaluator = evaluator or ProxyEvaluator()
-    best = [b for b in run.best(top * 4) if b["origin"] in ("seed", "child") and b["tier_reached"] == last][:top]
+    best = [b for b in run.best(top * 4) if b["origin"] in SEARCHED and b["tier_reached"] == last][:top]
     outcomes = {}
 
     def fitness(program):

@@ -16,6 +16,7 @@ from . import objectives as objectives_mod
 from . import pareto
 from .engine import score_key
 from .run import Run
+from .store import Origin
 
 LABELS = {
     "loss": "loss (fitness on the last tier; suite: ratio to tuned AdamW)",
@@ -34,7 +35,7 @@ def front(run: Run) -> list[dict]:
     for cid, point in pareto.front_points(run.state.get("front", [])):
         tier = -point[run.config.objectives.index("loss")][0]
         c = run.store.candidate(cid)
-        name = seeds[c["proposal"]] if c["origin"] == "seed" and c["proposal"] is not None and c["proposal"] < len(seeds) else None
+        name = seeds[c["proposal"]] if c["origin"] == Origin.SEED and c["proposal"] is not None and c["proposal"] < len(seeds) else None
         rows.append(dict(id=cid, tier=tier, values=objs.get((cid, tier), {}), text=c["program"], name=name))
     rows.sort(key=lambda r: (score_key(r["tier"], r["values"].get("loss", math.inf)), r["id"]))
     for k, r in enumerate(rows, 1):
@@ -57,7 +58,7 @@ def library_points(run: Run) -> list[dict]:
     last = len(run.config.tiers) - 1
     names = [n for n, _ in run.store.get_meta("seeds", [])]
     out = {}
-    for c in run.store.candidates("origin IN ('seed', 'baseline')"):
+    for c in run.store.candidates_from(Origin.SEED, Origin.BASELINE):
         if c["tier_reached"] != last:
             continue
         e = run.store.evaluation(c["id"], last)

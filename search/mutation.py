@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Optional
 
-from optdisco.dsl import DSLError, Program, check, parse
-from optdisco.dsl.primitives import INPUT_TYPES, PARAM, PRIMITIVES, SCALAR, Type, families
-from optdisco.dsl.program import (
-    influences_w,
-    Assign, BinOp, Call, Expr, Hyper, If, Name, Num, State, Stmt, Unary, names_in, sub_exprs, walk_stmts,
+from optdisco.dsl import DSLError, Program, check
+from optdisco.dsl.edit import (
+    Path, canonical, get_stmt, insert_stmt, nodes, remove_dead_code, replace_node, replace_stmt, scope,
+    statement_count, stmt_expr, stmt_paths, substitute_after, with_expr,
 )
+from optdisco.dsl.primitives import INPUT_TYPES, PARAM, PRIMITIVES, SCALAR, Type, families
+from optdisco.dsl.program import Assign, BinOp, Call, Expr, If, Name, Num, State, Stmt, names_in, walk_stmts
 
 MUTATIONS = ("insert", "delete", "replace_primitive", "change_argument", "perturb_constant", "crossover")
 DEFAULT_WEIGHTS = {
@@ -70,136 +70,7 @@ class _Skip(Exception):
     """The operator has nothing to do on this parent (e.g. no constants to perturb)."""
 
 
-# -- paths into the statement tree ------------------------------------------------------------
-Path = tuple[int, ...]
-
-
-def _stmt_paths(body: tuple[Stmt, ...], prefix: Path = ()) -> list[Path]:
-    out = []
-    for i, s in enumerate(body):
-        out.append(prefix + (i,))
-        if isinstance(s, If):
-            out += _stmt_paths(s.then, prefix + (i, 0))
-            out += _stmt_paths(s.orelse, prefix + (i, 1))
-    return out
-
-
-def _get(body: tuple[Stmt, ...], path: Path) -> Stmt:
-    s = body[path[0]]
-    if len(path) == 1:
-        return s
-    return _get(s.then if path[1] == 0 else s.orelse, path[2:])
-
-
-def _edit(body: tuple[Stmt, ...], path: Path, fn: Callable[[tuple[Stmt, ...], int], tuple[Stmt, ...]]):
-    """Apply ``fn(block, index)`` to the block that holds ``path``'s last index."""
-    if len(path) == 1:
-        return fn(body, path[0])
-    i, branch, rest = path[0], path[1], path[2:]
-    s = body[i]
-    if branch == 0:
-        s2 = If(s.cond, _edit(s.then, rest, fn), s.orelse)
-    else:
-        s2 = If(s.cond, s.then, _edit(s.orelse, rest, fn))
-    return body[:i] + (s2,) + body[i + 1 :]
-
-
-def _replace_stmt(body, path, new: Optional[Stmt]):
-    return _edit(body, path, lambda b, i: b[:i] + ((new,) if new is not None else ()) + b[i + 1 :])
-
-
-def _insert_stmt(body, path, new: Stmt):
-    return _edit(body, path, lambda b, i: b[:i] + (new,) + b[i:])
-
-
-def _flat_after(body: tuple[Stmt, ...], path: Path) -> list[Path]:
-    """Statements after ``path`` in execution order (siblings after it, then those after its
-    enclosing blocks), each with their nested statements."""
-    paths = _stmt_paths(body)
-    idx = paths.index(path)
-    return paths[idx + 1 :]
-
-
-# -- expressions --------------------------------------------------------------------------------
-def _nodes(e: Expr) -> list[Expr]:
-    return list(sub_exprs(e))
-
-
-def _replace_node(e: Expr, index: int, new: Expr) -> Expr:
-    """``e`` with its ``index``-th pre-order node replaced by ``new``."""
-    counter = [0]
-
-    def go(x: Expr) -> Expr:
-        k = counter[0]
-        counter[0] += 1
-        if k == index:
-            # skip the counts of the replaced subtree
-            counter[0] += len(_nodes(x)) - 1
-            return new
-        if isinstance(x, Call):
-            return Call(x.fn, tuple(go(a) for a in x.args))
-        if isinstance(x, BinOp):
-            left = go(x.left)
-            return BinOp(x.op, left, go(x.right))
-        if isinstance(x, Unary):
-            return Unary(x.op, go(x.operand))
-        return x
-
-    return go(e)
-
-
-def _substitute(e: Expr, name: str, new: Expr) -> Expr:
-    if isinstance(e, Name):
-        return new if e.id == name else e
-    if isinstance(e, Call):
-        return Call(e.fn, tuple(_substitute(a, name, new) for a in e.args))
-    if isinstance(e, BinOp):
-        return BinOp(e.op, _substitute(e.left, name, new), _substitute(e.right, name, new))
-    if isinstance(e, Unary):
-        return Unary(e.op, _substitute(e.operand, name, new))
-    return e
-
-
-def _stmt_expr(s: Stmt) -> Expr:
-    return s.cond if isinstance(s, If) else s.value
-
-
-def _with_expr(s: Stmt, e: Expr) -> Stmt:
-    return If(e, s.then, s.orelse) if isinstance(s, If) else Assign(s.target, e)
-
-
-# -- scopes ---------------------------------------------------------------------------------------
-def _base_env(p: Program, info) -> dict[str, Type]:
-    env = {k: v for k, v in INPUT_TYPES.items() if v.kind == "num"}
-    if not p.uses_hess_diag:  # a Hessian estimate costs extra backward passes: never introduce one
-        env.pop("hess_diag")
-    for h in p.hypers:
-        env[h.name] = Type("num", SCALAR, True)
-    for name, t in info.state_types.items():
-        env[name] = t
-    return env
-
-
-def _scope(p: Program, info, path: Path) -> dict[str, Type]:
-    """Numeric names readable just before the statement at ``path``, with their types."""
-    env = _base_env(p, info)
-
-    def walk(body: tuple[Stmt, ...], rest: Path) -> bool:
-        stop = rest[0] if rest else len(body)
-        for i, s in enumerate(body[:stop]):
-            if isinstance(s, Assign):
-                t = info.types.get(id(s.value))
-                if t is not None and t.kind == "num" and s.target not in info.state_types and s.target != "w":
-                    env[s.target] = t
-        if rest and len(rest) > 1:
-            s = body[rest[0]]
-            walk(s.then if rest[1] == 0 else s.orelse, rest[2:])
-        return True
-
-    walk(p.body, path)
-    return env
-
-
+# -- names ---------------------------------------------------------------------------------------------
 def _fresh(p: Program, prefix: str) -> str:
     used = {h.name for h in p.hypers} | set(p.state_names) | set(INPUT_TYPES) | set(PRIMITIVES)
     used |= {s.target for s in walk_stmts(p.body) if isinstance(s, Assign)}
@@ -269,10 +140,10 @@ def _skeleton(s: Stmt) -> set[int]:
 def _read_sites(p: Program, info) -> list[tuple[Path, int, Type]]:
     """(statement path, pre-order node index, type) of every name read in the body."""
     out = []
-    for path in _stmt_paths(p.body):
-        s = _get(p.body, path)
+    for path in stmt_paths(p.body):
+        s = get_stmt(p.body, path)
         frame = _skeleton(s)
-        for k, node in enumerate(_nodes(_stmt_expr(s))):
+        for k, node in enumerate(nodes(stmt_expr(s))):
             if isinstance(node, Name) and k not in frame:
                 t = info.types.get(id(node))
                 if t is not None and t.kind == "num" and t.shape in (PARAM, SCALAR) and not t.static:
@@ -285,9 +156,9 @@ def op_insert(p: Program, rng: random.Random, info) -> tuple[Program, str]:
     if not sites:
         raise _Skip("nothing is read")
     path, k, t = rng.choice(sites)
-    stmt = _get(p.body, path)
-    env = _scope(p, info, path)
-    x = _nodes(_stmt_expr(stmt))[k]
+    stmt = get_stmt(p.body, path)
+    env = scope(p, info, path)
+    x = nodes(stmt_expr(stmt))[k]
     hypers, states = p.hypers, p.states
     kind = rng.choices(("temp", "state"), (0.55, 0.45))[0]
     if t.shape == SCALAR:
@@ -326,9 +197,9 @@ def op_insert(p: Program, rng: random.Random, info) -> tuple[Program, str]:
         repl = BinOp("/", x, BinOp("+", Call("sqrt", (n,)), Num(1e-8)))
     else:
         repl = BinOp("+", x, n)
-    new_stmt = _with_expr(stmt, _replace_node(_stmt_expr(stmt), k, repl))
-    body = _replace_stmt(p.body, path, new_stmt)
-    body = _insert_stmt(body, path, defn)
+    new_stmt = with_expr(stmt, replace_node(stmt_expr(stmt), k, repl))
+    body = replace_stmt(p.body, path, new_stmt)
+    body = insert_stmt(body, path, defn)
     return Program(hypers, states, body, p.doc), f"{kind} {new} = …, used as {use}"
 
 
@@ -345,53 +216,34 @@ def _wrap(rng: random.Random, env, x: Expr, shape) -> Expr:
 
 
 def op_delete(p: Program, rng: random.Random, info) -> tuple[Program, str]:
-    paths = _stmt_paths(p.body)
+    paths = stmt_paths(p.body)
     if len(paths) <= 1:
         raise _Skip("a single statement")
     path = rng.choice(paths)
-    s = _get(p.body, path)
-    body = _replace_stmt(p.body, path, None)
+    s = get_stmt(p.body, path)
+    body = replace_stmt(p.body, path, None)
     detail = "if-block" if isinstance(s, If) else s.target
     if isinstance(s, Assign):
-        before = _scope(p, info, path)
+        before = scope(p, info, path)
         if s.target not in before and s.target not in p.state_names and s.target != "w":
             # later readers read one of its operands instead
             t = info.types.get(id(s.value))
-            operands = [x for x in _nodes(s.value) if isinstance(x, Name) and x.id in before
+            operands = [x for x in nodes(s.value) if isinstance(x, Name) and x.id in before
                         and t is not None and before[x.id].shape == t.shape]
             if not operands:
                 raise _Skip("no operand to bypass to")
             repl = rng.choice(operands)
-            body = _substitute_after(body, path, s.target, repl)
+            body = substitute_after(body, path, s.target, repl)
             detail += f" (reads become {repl.id})"
     return Program(p.hypers, p.states, body, p.doc), detail
 
 
-def _substitute_after(body: tuple[Stmt, ...], path: Path, name: str, repl: Expr) -> tuple[Stmt, ...]:
-    """Replace reads of ``name`` in statements from ``path`` on (the removed statement's
-    successors), until a statement assigns ``name`` again."""
-    paths = _stmt_paths(body)
-    start = 0
-    for i, q in enumerate(paths):
-        if q >= path:
-            start = i
-            break
-    else:
-        return body
-    for q in paths[start:]:
-        s = _get(body, q)
-        body = _replace_stmt(body, q, _with_expr(s, _substitute(_stmt_expr(s), name, repl)))
-        if isinstance(s, Assign) and s.target == name:
-            break
-    return body
-
-
 def op_replace_primitive(p: Program, rng: random.Random, info) -> tuple[Program, str]:
     sites = []
-    for path in _stmt_paths(p.body):
-        s = _get(p.body, path)
+    for path in stmt_paths(p.body):
+        s = get_stmt(p.body, path)
         frame = _skeleton(s)
-        for k, node in enumerate(_nodes(_stmt_expr(s))):
+        for k, node in enumerate(nodes(stmt_expr(s))):
             if k in frame:
                 continue
             if isinstance(node, Call) or (isinstance(node, BinOp) and node.op in ARITH_SWAP + COMPARE_SWAP):
@@ -413,38 +265,38 @@ def op_replace_primitive(p: Program, rng: random.Random, info) -> tuple[Program,
         new_op = rng.choice([o for o in pool if o != node.op])
         new = BinOp(new_op, node.left, node.right)
         detail = f"{node.op} → {new_op}"
-    s = _get(p.body, path)
-    body = _replace_stmt(p.body, path, _with_expr(s, _replace_node(_stmt_expr(s), k, new)))
+    s = get_stmt(p.body, path)
+    body = replace_stmt(p.body, path, with_expr(s, replace_node(stmt_expr(s), k, new)))
     return Program(p.hypers, p.states, body, p.doc), detail
 
 
 def op_change_argument(p: Program, rng: random.Random, info) -> tuple[Program, str]:
     sites = []
-    for path in _stmt_paths(p.body):
-        s = _get(p.body, path)
+    for path in stmt_paths(p.body):
+        s = get_stmt(p.body, path)
         if isinstance(s, If):
             continue
         frame = _skeleton(s)
-        for k, node in enumerate(_nodes(s.value)):
+        for k, node in enumerate(nodes(s.value)):
             t = info.types.get(id(node))
             if k > 0 and k not in frame and t is not None and t.kind == "num" and t.shape in (PARAM, SCALAR):
                 sites.append((path, k, t))
     if not sites:
         raise _Skip("no argument")
     path, k, t = rng.choice(sites)
-    s = _get(p.body, path)
-    env = _scope(p, info, path)
+    s = get_stmt(p.body, path)
+    env = scope(p, info, path)
     if t.shape == PARAM and s.target in p.state_names:
         env.setdefault(s.target, t)
     r = rng.random()
-    old = _nodes(s.value)[k]
+    old = nodes(s.value)[k]
     if r < 0.45:
         new = _leaf(rng, env, t.shape)
     elif r < 0.75:
         new = _wrap(rng, env, old, t.shape)
     else:
         new = random_expr(rng, env, t.shape, 1)
-    body = _replace_stmt(p.body, path, Assign(s.target, _replace_node(s.value, k, new)))
+    body = replace_stmt(p.body, path, Assign(s.target, replace_node(s.value, k, new)))
     from optdisco.dsl.printer import expr_text
 
     return Program(p.hypers, p.states, body, p.doc), f"{expr_text(old)} → {expr_text(new)}"
@@ -467,9 +319,9 @@ def perturb_value(v: float, rng: random.Random, scale: float = 0.35) -> float:
 
 def op_perturb_constant(p: Program, rng: random.Random, info) -> tuple[Program, str]:
     sites: list = [("hyper", h.name) for h in p.hypers if h.default != 0]
-    for path in _stmt_paths(p.body):
-        s = _get(p.body, path)
-        for k, node in enumerate(_nodes(_stmt_expr(s))):
+    for path in stmt_paths(p.body):
+        s = get_stmt(p.body, path)
+        for k, node in enumerate(nodes(stmt_expr(s))):
             if isinstance(node, Num) and node.value != 0:
                 # the step count of orthogonalize must stay an integer in 1..20
                 sites.append(("num", (path, k)))
@@ -481,10 +333,10 @@ def op_perturb_constant(p: Program, rng: random.Random, info) -> tuple[Program, 
         v = perturb_value(h.default, rng)
         return p.with_defaults(**{where: v}), f"{where}: {h.default:g} → {v:g}"
     path, k = where
-    s = _get(p.body, path)
-    old = _nodes(_stmt_expr(s))[k]
+    s = get_stmt(p.body, path)
+    old = nodes(stmt_expr(s))[k]
     v = perturb_value(old.value, rng)
-    body = _replace_stmt(p.body, path, _with_expr(s, _replace_node(_stmt_expr(s), k, Num(v))))
+    body = replace_stmt(p.body, path, with_expr(s, replace_node(stmt_expr(s), k, Num(v))))
     return Program(p.hypers, p.states, body, p.doc), f"{old.value:g} → {v:g}"
 
 
@@ -508,7 +360,7 @@ def op_crossover(a: Program, b: Program, rng: random.Random) -> tuple[Program, s
             detail = "statement inserted from the other parent"
     names = set()
     for s in walk_stmts(body):
-        names |= names_in(_stmt_expr(s))
+        names |= names_in(stmt_expr(s))
         if isinstance(s, Assign):
             names.add(s.target)
     hypers = list(a.hypers)
@@ -529,47 +381,6 @@ def op_crossover(a: Program, b: Program, rng: random.Random) -> tuple[Program, s
                     hypers.append(bh)
                     have.add(n)
     return Program(tuple(hypers), tuple(states), body, a.doc), detail
-
-
-# -- clean-up --------------------------------------------------------------------------------------
-def remove_dead_code(p: Program) -> Program:
-    """Drop statements whose value never reaches ``w`` or a live state, states that never affect
-    ``w`` and hyperparameters nobody reads (``lr`` always stays)."""
-    live = influences_w(p)
-    states = tuple(s for s in p.states if s.name in live)
-
-    def sweep(body, need):
-        out = []
-        for s in reversed(body):
-            if isinstance(s, Assign):
-                if s.target in need:
-                    out.append(s)
-                    need = (need - {s.target}) | names_in(s.value)
-            else:
-                then, nt = sweep(s.then, set(need))
-                orelse, ne = sweep(s.orelse, set(need))
-                if then or orelse:
-                    out.append(If(s.cond, then, orelse))
-                    need = nt | ne | names_in(s.cond)
-        return tuple(reversed(out)), need
-
-    body, _ = sweep(p.body, {"w"} | {s.name for s in states})
-    used = set()
-    for s in walk_stmts(body):
-        used |= names_in(_stmt_expr(s))
-    for s in states:
-        used |= names_in(s.init)
-    hypers = tuple(h for h in p.hypers if h.name == "lr" or h.name in used)
-    return Program(hypers, states, body, p.doc)
-
-
-def canonical(p: Program) -> Program:
-    """The program as the parser reads its printed text (fresh positions, plain numbers)."""
-    return parse(p.to_text())
-
-
-def statement_count(p: Program) -> int:
-    return sum(1 for s in walk_stmts(p.body) if isinstance(s, Assign))
 
 
 # -- entry points ----------------------------------------------------------------------------------

@@ -25,41 +25,13 @@ range on that front.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Sequence
 
-TABLE = """CREATE TABLE IF NOT EXISTS pareto (
-    candidate INTEGER NOT NULL,
-    tier INTEGER NOT NULL,
-    objectives TEXT NOT NULL,
-    PRIMARY KEY (candidate, tier)
-)"""
-"""One row per recorded evaluation of a multi-objective run: the objective values of the
-candidate on that tier (JSON)."""
-
-
-def ensure_table(store) -> None:
-    store.db.execute(TABLE)
-
-
-def record(c, candidate: int, tier: int, values: dict) -> None:
-    c.execute("INSERT OR REPLACE INTO pareto (candidate, tier, objectives) VALUES (?, ?, ?)",
-              (candidate, tier, json.dumps(values, allow_nan=True)))
-
-
 def load(store, tier: int | None = None) -> dict[tuple[int, int], dict]:
-    """``{(candidate, tier): values}`` of every recorded evaluation (of one tier if given)."""
-    try:
-        if tier is None:
-            rows = store.db.execute("SELECT candidate, tier, objectives FROM pareto")
-        else:
-            rows = store.db.execute("SELECT candidate, tier, objectives FROM pareto WHERE tier = ?", (tier,))
-        return {(r[0], r[1]): json.loads(r[2]) for r in rows}
-    except Exception as e:  # a store of a single-objective run has no such table
-        if "no such table" in str(e):
-            return {}
-        raise
+    """``{(candidate, tier): values}`` of every recorded evaluation (of one tier if given); the
+    run store keeps them (:meth:`~optdisco.search.store.RunStore.objectives`)."""
+    return store.objectives(tier)
 
 
 def key(values: dict, tier: int, objectives: Sequence[str]) -> tuple:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .run import Run
-from .store import RunStore
+from .store import SEARCHED, Origin, RunStore, Status
 
 
 def report_dir(run: Run) -> Path:
@@ -34,7 +34,7 @@ def best_so_far(run: Run) -> list[tuple[int, float, float]]:
     hist = run.history()
     t0 = created if created is not None else (hist[0]["finished"] if hist else 0.0)
     for r in hist:
-        if r["tier"] == last and r["origin"] not in ("baseline", "simplified") and r["fitness"] < best:
+        if r["tier"] == last and r["origin"] not in (Origin.BASELINE, Origin.SIMPLIFIED) and r["fitness"] < best:
             best = r["fitness"]
         out.append((r["index"], r["finished"] - t0, best))
     return out
@@ -107,8 +107,8 @@ def evaluate_baselines(run: Run, names: list[str], evaluator: Callable | None = 
     evaluator = evaluator or ProxyEvaluator(options=evaluator_options(run.config.objectives))
     last = len(run.config.tiers) - 1
     tier = run.tier(last)
-    have = {c["detail"] for c in run.store.candidates("origin = 'baseline'")}
-    searched = {c["fingerprint"]: c for c in run.store.candidates("origin IN ('seed', 'child')")
+    have = {c["detail"] for c in run.store.candidates_from(Origin.BASELINE)}
+    searched = {c["fingerprint"]: c for c in run.store.candidates_from(*SEARCHED)
                 if c["tier_reached"] == last and c["fitness"] is not None}
     for name in names:
         if name in have:
@@ -125,8 +125,8 @@ def evaluate_baselines(run: Run, names: list[str], evaluator: Callable | None = 
         out = run_job(Job(-1, last, tier, text), evaluator)
 
         def tx(c, name=name, text=text, program=program, out=out):
-            cid = RunStore.add_candidate(c, program=text, fingerprint=fingerprint(program), origin="baseline",
-                                         detail=name, proposal=None, status="done", tier_reached=last,
+            cid = RunStore.add_candidate(c, program=text, fingerprint=fingerprint(program), origin=Origin.BASELINE,
+                                         detail=name, proposal=None, status=Status.DONE, tier_reached=last,
                                          fitness=out.fitness, mutation="baseline")
             RunStore.add_evaluation(c, candidate=cid, tier=last, task=tier.name, fitness=out.fitness,
                                     result=out.result, wall=out.wall, worker=out.worker, error=out.error)
@@ -149,10 +149,10 @@ def _baselines(run: Run, asked: list[str] | None = None) -> list[dict]:
             wanted[fingerprint(library.load(n))] = n
         except KeyError:
             continue
-    for c in run.store.candidates("origin = 'child'"):
+    for c in run.store.candidates_from(Origin.CHILD):
         if c["fingerprint"] in wanted and c["tier_reached"] == last and c["fitness"] is not None:
             seeds.setdefault(wanted[c["fingerprint"]], c)
-    for c in run.store.candidates("origin IN ('seed', 'baseline')"):
+    for c in run.store.candidates_from(Origin.SEED, Origin.BASELINE):
         if c["tier_reached"] != last or c["fitness"] is None:
             continue
         name = c["detail"] or (names[c["proposal"]] if c["proposal"] is not None and c["proposal"] < len(names) else str(c["id"]))
@@ -169,7 +169,7 @@ def meta_curve(run: Run) -> list[tuple[int, int, float, float | None]]:
     held = run.heldout()
     last = len(run.config.tiers) - 1
     evals = [e for e in run.store.evaluations() if e["tier"] == last]
-    cands = {c["id"]: c for c in run.store.candidates("origin IN ('seed', 'child')")}
+    cands = {c["id"]: c for c in run.store.candidates_from(*SEARCHED)}
     done_at = {}
     for i, e in enumerate(run.store.evaluations(), 1):
         done_at.setdefault(e["candidate"], i)
@@ -333,7 +333,7 @@ def _markdown(run: Run, stats: dict, best: list[dict], base: list[dict]) -> str:
               "tier, and are not counted in its evaluations.", "",
               "| program | fitness | evaluated | tuned lr |", "| --- | --- | --- | --- |"]
         for b in sorted(base, key=lambda b: b["fitness"]):
-            when = "after the search" if b["origin"] == "baseline" else f"by the search (candidate {b['id']})"
+            when = "after the search" if b["origin"] == Origin.BASELINE else f"by the search (candidate {b['id']})"
             ctx = run.context(b["id"], last)
             lr = f"{ctx['lr']:.3g}" if ctx and "lr" in ctx else "—"
             L.append(f"| {b['name']} | {_fmt(b['fitness'])} | {when} | {lr} |")
@@ -349,7 +349,7 @@ def _markdown(run: Run, stats: dict, best: list[dict], base: list[dict]) -> str:
         chain = run.lineage(b["id"])
         steps = []
         for c in chain:
-            what = c["origin"] if c["origin"] in ("seed", "simplified") else c["mutation"]
+            what = c["origin"] if c["origin"] in (Origin.SEED, Origin.SIMPLIFIED) else c["mutation"]
             steps.append(f"{c['id']} ({what}{': ' + c['detail'] if c['detail'] else ''}; {_fmt(c['fitness'])})")
         L += [f"Found with: {describe(b.get('context'))}.", ""]
         L += ["Lineage (newest first): " + " ← ".join(steps), ""]
@@ -361,7 +361,7 @@ def _simplification_section(run: Run) -> list[str]:
     """The programs ``optdisco simplify`` recorded, each beside the program it came from."""
     from .context import describe
 
-    rows = run.store.candidates("origin = 'simplified'")
+    rows = run.store.candidates_from(Origin.SIMPLIFIED)
     if not rows:
         return []
     last = len(run.config.tiers) - 1

@@ -15,11 +15,7 @@ from optdisco.dsl import Program, parse
 
 from .config import SearchConfig
 from .engine import score_key
-from .store import RunStore
-
-
-SEARCH_ORIGINS = ("seed", "child")
-"""Origins of the candidates the search itself evaluated (later work: ``simplified``, ``baseline``)."""
+from .store import SEARCHED, RunStore
 
 
 class Run:
@@ -77,7 +73,7 @@ class Run:
         ``tier_reached``, ``program`` (a Program), ``text``, ``mutation``, ``parents``, ``origin``,
         and ``context``: the tuned LR, schedule and steps its fitness was measured with (see
         :func:`optdisco.search.context.tuned_context`; ``None`` if the evaluator tuned nothing)."""
-        rows = self.store.candidates("origin NOT IN ('duplicate', 'baseline') AND tier_reached >= 0 AND fitness IS NOT NULL")
+        rows = self.store.scored_candidates()
         if tier is not None:
             rows = [r for r in rows if r["tier_reached"] == tier]
         rows = [r for r in rows if math.isfinite(r["fitness"])]
@@ -108,7 +104,7 @@ class Run:
         ``later``."""
         cands = {c["id"]: c for c in self.store.candidates()}
         rows = []
-        evs = [e for e in self.store.evaluations() if later or cands[e["candidate"]]["origin"] in SEARCH_ORIGINS]
+        evs = [e for e in self.store.evaluations() if later or cands[e["candidate"]]["origin"] in SEARCHED]
         for i, e in enumerate(evs, 1):
             c = cands[e["candidate"]]
             rows.append(dict(
@@ -160,7 +156,7 @@ class Run:
         return dict(
             evaluations=len(hist),
             budget=self.config.budget,
-            candidates=len(self.store.candidates("origin IN ('seed', 'child')")),
+            candidates=len(self.store.candidates_from(*SEARCHED)),
             duplicates=st.get("duplicates", 0),
             rejected=sum(rejected.values()),
             rejected_by_reason=dict(sorted(rejected.items(), key=lambda kv: -kv[1])),

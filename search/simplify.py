@@ -26,9 +26,9 @@ from optdisco.dsl import DSLError, Program, check, fingerprint
 from optdisco.dsl import simplify as static_simplify
 from optdisco.dsl.program import Assign, BinOp, Call, Num
 
-from .mutation import (
-    _get, _nodes, _replace_node, _replace_stmt, _scope, _stmt_expr, _stmt_paths, _substitute_after, _with_expr,
-    canonical, remove_dead_code,
+from optdisco.dsl.edit import (
+    canonical, get_stmt, nodes, remove_dead_code, replace_node, replace_stmt, scope, statement_count, stmt_expr,
+    stmt_paths, substitute_after, with_expr,
 )
 
 
@@ -50,13 +50,7 @@ class Simplified:
 
     @property
     def removed_statements(self) -> int:
-        return _count(self.original) - _count(self.program)
-
-
-def _count(p: Program) -> int:
-    from .mutation import statement_count
-
-    return statement_count(p)
+        return statement_count(self.original) - statement_count(self.program)
 
 
 def _keeps_form(p: Program, needs_lr: bool = True) -> bool:
@@ -132,43 +126,43 @@ def removals(p: Program) -> Iterator[tuple[str, Program]]:
     info = check(p)
     from optdisco.dsl.printer import expr_text
 
-    paths = _stmt_paths(p.body)
+    paths = stmt_paths(p.body)
     for path in reversed(paths):
-        s = _get(p.body, path)
+        s = get_stmt(p.body, path)
         if not isinstance(s, Assign):
             continue
-        body = _replace_stmt(p.body, path, None)
-        before = _scope(p, info, path)
+        body = replace_stmt(p.body, path, None)
+        before = scope(p, info, path)
         label = f"{s.target} = {expr_text(s.value)}"
         if s.target in before or s.target in p.state_names or s.target == "w":
             yield f"remove '{label}'", Program(p.hypers, p.states, body, p.doc)
         else:
             t = info.types.get(id(s.value))
             seen = set()
-            for x in _nodes(s.value):
+            for x in nodes(s.value):
                 if getattr(x, "id", None) in before and x.id not in seen and t is not None and before[x.id].shape == t.shape:
                     seen.add(x.id)
                     yield (f"remove '{label}' (reads of {s.target} read {x.id})",
-                           Program(p.hypers, p.states, _substitute_after(body, path, s.target, x), p.doc))
+                           Program(p.hypers, p.states, substitute_after(body, path, s.target, x), p.doc))
     for path in reversed(paths):
-        s = _get(p.body, path)
-        e = _stmt_expr(s)
-        for k, node in enumerate(_nodes(e)):
+        s = get_stmt(p.body, path)
+        e = stmt_expr(s)
+        for k, node in enumerate(nodes(e)):
             if isinstance(node, (Call, BinOp)):
                 t = info.types.get(id(node))
                 args = node.args if isinstance(node, Call) else (node.left, node.right)
                 for a in args:
                     ta = info.types.get(id(a))
                     if t is not None and ta is not None and ta.shape == t.shape and ta.kind == t.kind:
-                        new = _replace_node(e, k, a)
+                        new = replace_node(e, k, a)
                         yield (f"replace '{expr_text(node)}' by '{expr_text(a)}'",
-                               Program(p.hypers, p.states, _replace_stmt(p.body, path, _with_expr(s, new)), p.doc))
+                               Program(p.hypers, p.states, replace_stmt(p.body, path, with_expr(s, new)), p.doc))
             if isinstance(node, Call) and node.fn in CONSTANT_LIKE:
                 # a disguised constant: sign(sqrt(x)) is 1 wherever x > 0
                 for c in (1.0, 0.0):
-                    new = _replace_node(e, k, Num(c))
+                    new = replace_node(e, k, Num(c))
                     yield (f"replace '{expr_text(node)}' by {c:g}",
-                           Program(p.hypers, p.states, _replace_stmt(p.body, path, _with_expr(s, new)), p.doc))
+                           Program(p.hypers, p.states, replace_stmt(p.body, path, with_expr(s, new)), p.doc))
 
 
 def round_value(v: float, digits: int) -> float:
@@ -189,17 +183,17 @@ def roundings(p: Program) -> Iterator[tuple[str, list[Program]]]:
                 opts.append((r, p.with_defaults(**{h.name: r})))
         if opts:
             yield f"round {h.name} = {h.default:g}", [o[1] for o in opts]
-    for path in _stmt_paths(p.body):
-        s = _get(p.body, path)
-        e = _stmt_expr(s)
-        for k, node in enumerate(_nodes(e)):
+    for path in stmt_paths(p.body):
+        s = get_stmt(p.body, path)
+        e = stmt_expr(s)
+        for k, node in enumerate(nodes(e)):
             if isinstance(node, Num):
                 opts = []
                 for d in (1, 2):
                     r = round_value(node.value, d)
                     if r != node.value and r not in [o[0] for o in opts]:
-                        new = _replace_node(e, k, Num(r))
-                        opts.append((r, Program(p.hypers, p.states, _replace_stmt(p.body, path, _with_expr(s, new)), p.doc)))
+                        new = replace_node(e, k, Num(r))
+                        opts.append((r, Program(p.hypers, p.states, replace_stmt(p.body, path, with_expr(s, new)), p.doc)))
                 if opts:
                     yield f"round {node.value:g}", [o[1] for o in opts]
 

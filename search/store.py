@@ -27,6 +27,7 @@ import math
 import sqlite3
 import time
 import urllib.parse
+from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -41,6 +42,58 @@ transaction when a store is opened for writing; a read-only open never changes a
 FORMAT = "optdisco run store"
 TABLES = ("meta", "candidates", "evaluations", "failures")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class _Stored(str, Enum):
+    """A str-valued enum, stored and printed as its plain string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Status(_Stored):
+    """A candidate's ``status``: waiting for an evaluation, moved on to the next tier, finished
+    (its funnel ended), or finished with a failed evaluation. Stored as the plain string."""
+
+    PENDING = "pending"
+    PROMOTED = "promoted"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Origin(_Stored):
+    """Where a candidate came from: a seed program, a mutation (``child``), a proposal whose
+    behaviour was already seen (``duplicate``: it reuses that score), a baseline evaluated for a
+    report, a program ``simplify`` or ``finalize`` recorded. Stored as the plain string."""
+
+    SEED = "seed"
+    CHILD = "child"
+    DUPLICATE = "duplicate"
+    BASELINE = "baseline"
+    SIMPLIFIED = "simplified"
+
+
+SEARCHED = (Origin.SEED, Origin.CHILD)
+"""The origins of the candidates the search itself proposed and evaluated."""
+FINISHED = (Status.DONE, Status.FAILED)
+"""The statuses of candidates whose funnel has ended."""
+
+PARETO_TABLE = """CREATE TABLE IF NOT EXISTS pareto (
+    candidate INTEGER NOT NULL,
+    tier INTEGER NOT NULL,
+    objectives TEXT NOT NULL,
+    PRIMARY KEY (candidate, tier)
+)"""
+"""One row per recorded evaluation of a multi-objective run: the objective values of the
+candidate on that tier (JSON). Created by the first multi-objective search on the store."""
+
+
+def _marks(values) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _values(values) -> tuple[str, ...]:
+    return tuple(str(v) for v in values)
 
 
 class StoreError(ValueError):
@@ -267,13 +320,13 @@ class RunStore:
     # -- writes (each within a transaction cursor ``c``) ------------------------------------------
     @staticmethod
     def add_candidate(c, *, program: str, fingerprint: str, parents: Iterable[int] = (), mutation: str = "",
-                      detail: str = "", origin: str, proposal: int | None, status: str = "pending",
+                      detail: str = "", origin: Origin | str, proposal: int | None, status: Status | str = Status.PENDING,
                       duplicate_of: int | None = None, tier_reached: int = -1, fitness: float | None = None) -> int:
         c.execute(
             "INSERT INTO candidates (program, fingerprint, parents, mutation, detail, origin, duplicate_of, proposal,"
             " created, status, tier_reached, fitness) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (program, fingerprint, json.dumps(list(parents)), mutation, detail, origin, duplicate_of, proposal,
-             time.time(), status, tier_reached, _f(fitness)),
+            (program, fingerprint, json.dumps(list(parents)), mutation, detail, str(origin), duplicate_of,
+             proposal, time.time(), str(status), tier_reached, _f(fitness)),
         )
         return int(c.lastrowid)
 
@@ -304,9 +357,18 @@ class RunStore:
         )
 
     @staticmethod
-    def finish_candidate(c, cid: int, *, status: str, tier_reached: int, fitness: float) -> None:
+    def finish_candidate(c, cid: int, *, status: Status | str, tier_reached: int, fitness: float) -> None:
         c.execute("UPDATE candidates SET status = ?, tier_reached = ?, fitness = ? WHERE id = ?",
-                  (status, tier_reached, _f(fitness), cid))
+                  (str(status), tier_reached, _f(fitness), cid))
+
+    @staticmethod
+    def add_objectives(c, candidate: int, tier: int, values: dict) -> None:
+        """A multi-objective run's objective values of ``candidate`` on ``tier``."""
+        c.execute("INSERT OR REPLACE INTO pareto (candidate, tier, objectives) VALUES (?, ?, ?)",
+                  (candidate, tier, json.dumps(values, allow_nan=True)))
+
+    def ensure_pareto_table(self) -> None:
+        self.db.execute(PARETO_TABLE)
 
     # -- reads -----------------------------------------------------------------------------------
     def candidate(self, cid: int) -> dict:
@@ -316,8 +378,49 @@ class RunStore:
         return _candidate_row(row)
 
     def candidates(self, where: str = "", params: tuple = ()) -> list[dict]:
+        """Every candidate in id order, or those matching the SQL condition ``where`` (for ad-hoc
+        reads; the code reads through the named queries below)."""
         sql = "SELECT * FROM candidates" + (f" WHERE {where}" if where else "") + " ORDER BY id"
         return [_candidate_row(r) for r in self.db.execute(sql, params)]
+
+    def candidates_from(self, *origins: Origin) -> list[dict]:
+        """The candidates of the given origins, in id order."""
+        return self.candidates(f"origin IN ({_marks(origins)})", _values(origins))
+
+    def finished_candidates(self) -> list[dict]:
+        """Candidates whose funnel has ended (done or failed), duplicates left out."""
+        return self.candidates(f"status IN ({_marks(FINISHED)}) AND origin != ?",
+                               _values(FINISHED) + (Origin.DUPLICATE.value,))
+
+    def done_on_tier(self, tier: int) -> list[dict]:
+        """The search's own candidates (seeds and children) that finished on ``tier``."""
+        return self.candidates(f"origin IN ({_marks(SEARCHED)}) AND status = ? AND tier_reached = ?",
+                               _values(SEARCHED) + (Status.DONE.value, tier))
+
+    def scored_candidates(self) -> list[dict]:
+        """Candidates with a fitness on some tier, neither duplicates nor baselines (what a run ranks)."""
+        return self.candidates("origin NOT IN (?, ?) AND tier_reached >= 0 AND fitness IS NOT NULL",
+                               _values((Origin.DUPLICATE, Origin.BASELINE)))
+
+    @staticmethod
+    def tier_fitnesses(c, tier: int) -> list[float]:
+        """Every fitness recorded on ``tier`` so far (read within the transaction cursor ``c``)."""
+        rows = c.execute("SELECT fitness FROM evaluations WHERE tier = ? AND fitness IS NOT NULL", (tier,))
+        return [r[0] for r in rows.fetchall()]
+
+    def objectives(self, tier: int | None = None) -> dict[tuple[int, int], dict]:
+        """``{(candidate, tier): values}`` of every evaluation a multi-objective run recorded (of
+        one tier if given); empty for a single-objective run's store, which has no such table."""
+        try:
+            if tier is None:
+                rows = self.db.execute("SELECT candidate, tier, objectives FROM pareto")
+            else:
+                rows = self.db.execute("SELECT candidate, tier, objectives FROM pareto WHERE tier = ?", (tier,))
+            return {(r[0], r[1]): json.loads(r[2]) for r in rows}
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return {}
+            raise
 
     def evaluations(self, candidate: int | None = None) -> list[dict]:
         if candidate is None:
@@ -349,7 +452,8 @@ class RunStore:
 
     def by_fingerprint(self, fp: str) -> dict | None:
         r = self.db.execute(
-            "SELECT * FROM candidates WHERE fingerprint = ? AND origin != 'duplicate' ORDER BY id LIMIT 1", (fp,)
+            "SELECT * FROM candidates WHERE fingerprint = ? AND origin != ? ORDER BY id LIMIT 1",
+            (fp, Origin.DUPLICATE.value),
         ).fetchone()
         return _candidate_row(r) if r else None
 

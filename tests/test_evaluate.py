@@ -378,7 +378,8 @@ def test_validate_prints_a_table_and_writes_a_plot(tmp_path):
 
 
 def test_cli_validate_and_tasks(tmp_path, capsys):
-    from optdisco.search import cli_tasks, cli_validate
+    from optdisco.evaluate import cli as cli_validate
+    from optdisco.proxies import cli as cli_tasks
 
     parser = argparse.ArgumentParser(prog="optdisco")
     sub = parser.add_subparsers()

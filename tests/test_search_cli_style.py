@@ -51,3 +51,19 @@ def test_tasks_prints_no_rst_markup(capsys):
     out = capsys.readouterr().out
     assert "``" not in out and ":math:" not in out
     assert "fit W in y = W* x + noise" in out
+
+
+def test_lazy_packages_export_the_same_names():
+    # the packages load their names on first use (so that the command line starts fast); every
+    # name of __all__ must still resolve, and dsl's fingerprint must stay the function even after
+    # the other dsl modules were imported first
+    code = ("import importlib, pkgutil, types, optdisco.dsl as d\n"
+            "for m in pkgutil.iter_modules(d.__path__):\n"
+            "    if m.name != 'fingerprint': importlib.import_module('optdisco.dsl.' + m.name)\n"
+            "import optdisco.evaluate, optdisco.proxies\n"
+            "for pkg in (d, optdisco.evaluate, optdisco.proxies):\n"
+            "    for n in pkg.__all__: getattr(pkg, n)\n"
+            "from optdisco.dsl import fingerprint\n"
+            "print(isinstance(fingerprint, types.FunctionType))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"

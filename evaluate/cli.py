@@ -1,6 +1,6 @@
 """``optdisco validate``: compare programs with baselines at target scale (see optdisco.evaluate.validate).
 
-Wiring (in search/cli.py): ``from . import cli_validate; cli_validate.register(subparsers)``; the
+``register(subparsers)`` adds the command; the entry module (``optdisco.search.cli``) calls it. The
 parsed arguments carry ``func``, and ``args.func(args)`` returns the exit code.
 """
 
@@ -39,7 +39,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from optdisco.dsl import DSLError
-    from optdisco.evaluate.validate import validate
+    from .validate import validate
 
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     plot = args.plot or f"validate-{args.task}-{args.size}.png"

@@ -1,7 +1,7 @@
 """``optdisco tasks``: list the training tasks, their sizes and budgets.
 
-Wiring (in search/cli.py): ``from . import cli_tasks; cli_tasks.register(subparsers)``; the parsed
-arguments carry ``func``, and ``args.func(args)`` returns the exit code.
+``register(subparsers)`` adds the command; the entry module (``optdisco.search.cli``) calls it. The
+parsed arguments carry ``func``, and ``args.func(args)`` returns the exit code.
 """
 
 from __future__ import annotations
