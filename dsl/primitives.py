@@ -211,6 +211,9 @@ for _n, _d in [
     ("std", "standard deviation of all elements (Bessel-corrected, as torch.std)"),
 ]:
     _add(_n, 1, _reduce(_n, "all"), "reduce", _d)
+_add("norm_lower_bound", 1, _reduce("norm_lower_bound", "all"), "spectral",
+     "a lower bound on the spectral norm of a matrix, PSGD's estimate: |x|max · ‖x·v‖ for v the normalized "
+     "largest column (or row) of x, times x")
 _add("dot", 2, _reduce("dot", "all"), "reduce2", "sum of a·b")
 _add("cosine", 2, _reduce("cosine", "all"), "reduce2", "cosine similarity of a and b (whole tensors)")
 _add("quantile", 2, _reduce("quantile", "all"), "quantile", "quantile(x, q): the q-quantile of x's elements")

@@ -236,6 +236,28 @@ def dot(a, b):
     return (a * b).sum(dim=_ALL, keepdim=True)
 
 
+def norm_lower_bound(x):
+    """A lower bound on each member's spectral norm (Li's PSGD estimate, as psgd_torch writes it): x is
+    scaled by its largest |element|; of the column and the row with the largest norm, the larger one,
+    normalized and multiplied through x (xᵀ) once, gives a vector whose norm bounds σ_max from below."""
+    big = x.abs().amax(dim=_ALL, keepdim=True)
+    a = x / torch.where(big > 0, big, torch.ones_like(big))
+    tiny = torch.finfo(a.dtype).tiny
+    aa = a * a
+    colsq, i = aa.sum(dim=-2).max(dim=-1)  # [M]: the largest column norm², its index
+    rowsq, j = aa.sum(dim=-1).max(dim=-1)
+    m, r, c = a.shape
+    col = torch.gather(a, -1, i.reshape(m, 1, 1).expand(m, r, 1))  # [M, R, 1]
+    x0 = col.transpose(-2, -1) @ a  # [M, 1, C]
+    x0 = x0 / torch.linalg.vector_norm(x0, dim=_ALL, keepdim=True).clamp_min(tiny)
+    bound0 = torch.linalg.vector_norm(x0 @ a.transpose(-2, -1), dim=_ALL, keepdim=True)
+    row = torch.gather(a, -2, j.reshape(m, 1, 1).expand(m, 1, c))  # [M, 1, C]
+    x1 = a @ row.transpose(-2, -1)  # [M, R, 1]
+    x1 = x1 / torch.linalg.vector_norm(x1, dim=_ALL, keepdim=True).clamp_min(tiny)
+    bound1 = torch.linalg.vector_norm(a.transpose(-2, -1) @ x1, dim=_ALL, keepdim=True)
+    return big * torch.where((colsq > rowsq).reshape(m, 1, 1), bound0, bound1)
+
+
 def cosine(a, b):
     return dot(a, b) / (norm(a) * norm(b)).clamp_min(NORM_EPS)
 

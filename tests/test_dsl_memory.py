@@ -34,7 +34,10 @@ def allocated_bytes(program) -> tuple[int, int]:
         opt.step()
     total = 0
     for p in params:
-        for v in opt.state[p].values():
+        for k, v in opt.state[p].items():
+            if k == "seed" and program.uses_random:  # the parameter's noise seed: a Python int, no tensor
+                assert isinstance(v, int)
+                continue
             assert isinstance(v, torch.Tensor)
             total += v.nbytes
     return total, sum(p.numel() for p in params)
