@@ -87,7 +87,7 @@ def test_hung_evaluation_is_stopped_and_recorded(ray_session, tmp_path, seeds):
     ev = search_toy.HangOnCall(counter, 4)
     tiers = [Tier("quadratic", steps=15, time_limit=8.0), Tier("quadratic", steps=40, promote=0.3, time_limit=8.0)]
     s = Search(config(seeds, budget=12, tiers=tiers), store=tmp_path / "hang.db", evaluator=ev)
-    ex = RayExecutor(ev, workers=1, grace=6.0)  # a fresh worker needs a few s to import torch
+    ex = RayExecutor(ev, workers=1, grace=20.0)  # a fresh worker needs a few s to import torch (more on a loaded machine)
     try:
         run = s.run(executor=ex)
     finally:
