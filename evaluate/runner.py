@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -112,14 +113,75 @@ def run_members(
         raise ValueError(f"{m} learning rates but {len(seeds)} seeds")
     if torch.device(device).type == "cpu":
         retain_freed_memory()
-    roles = task.roles()
-    final: list[float] = [math.inf] * m
-    failed_step: list[int | None] = [None] * m
-    reason: list[str | None] = [None] * m
-    train = torch.full((steps, m), math.nan, dtype=torch.float64)
-    out = Run(final, failed_step, reason, train)
+    hyper, member_hyper = _split_hyper(hyper, m, device, dtype)
+    out = Run([math.inf] * m, [None] * m, [None] * m, torch.full((steps, m), math.nan, dtype=torch.float64))
+    live = _start(fn, task, lrs, seeds, member_hyper, device, dtype)
+    if eval_every:
+        _record_eval(out, task, live, 0)
+    for step in range(steps):
+        t = step + 1
+        if deadline is not None and time.perf_counter() > deadline:
+            live = _stop_all(out, live, t, "time limit")
+            break
+        loss, grads = task.loss_and_grads(live.params, step, live.seeds)
+        live, grads = _drop_failed(out, live, loss, grads, step, blowup)
+        if not live.seeds:
+            break
+        hyp = dict(hyper)
+        hyp.update(live.hyper)
+        hyp["lr"] = live.peak * schedule.factor(t, steps)
+        hess = hutchinson(task, live.params, step, live.seeds, hess_eps) if fn.uses_hess_diag else None
+        try:
+            live = _update(fn, live, grads, hess, hyp, t)
+        except ValueError as e:
+            if "differs across members" in str(e) and len(live.seeds) > 1:
+                raise MembersDisagree(str(e)) from e
+            live = _stop_all(out, live, t, f"program error: {e}")
+            break
+        except (RuntimeError, ArithmeticError, TypeError, IndexError) as e:
+            live = _stop_all(out, live, t, f"program error: {type(e).__name__}: {e}")
+            break
+        out.member_steps += len(live.seeds)
+        if eval_every and t % eval_every == 0 and t != steps:
+            _record_eval(out, task, live, t)
+    if live.seeds:
+        _judge(out, task, live, steps, eval_every)
+    out.params = _final_params(live.params, live.alive, m)
+    return out
 
-    alive = torch.arange(m)
+
+class _Live(NamedTuple):
+    """The members still training, and everything kept per member (indexed alike)."""
+
+    alive: Tensor  # their indices among the run's members
+    seeds: list[int]
+    params: dict[str, Tensor]  # [M, *shape]; views into ``flat`` when it is not None
+    flat: Tensor | None  # [M, total]: every parameter concatenated, for elementwise programs
+    shapes: dict[str, tuple[int, ...]]
+    roles: dict[str, str]
+    state: dict  # per parameter name, or under FLAT
+    peak: Tensor  # peak learning rates [M]
+    hyper: dict[str, Tensor]  # hyperparameters given per member, [M] each
+    threshold: Tensor | None  # blowup × |step-1 loss| [M], once step 1 has run
+
+
+def _split_hyper(hyper: dict | None, m: int, device, dtype) -> tuple[dict, dict[str, Tensor]]:
+    """(the hyperparameters shared by every member, those given per member as [M] tensors)."""
+    shared = dict(hyper or {})
+    if "lr" in shared:
+        raise ValueError("pass learning rates as lrs, not in hyper")
+    per_member = {}
+    for k, v in list(shared.items()):
+        if isinstance(v, (list, tuple)):
+            if len(v) != m:
+                raise ValueError(f"hyperparameter {k!r} has {len(v)} values for {m} members")
+            per_member[k] = torch.tensor([float(x) for x in v], dtype=dtype, device=device)
+            del shared[k]
+    return shared, per_member
+
+
+def _start(fn, task, lrs, seeds, member_hyper, device, dtype) -> _Live:
+    """Every member at its initial parameters, with empty state."""
     cur_seeds = [int(s) for s in seeds]
     params = task.init_params(cur_seeds, device=device, dtype=dtype)
     shapes = {n: tuple(p.shape[1:]) for n, p in params.items()}
@@ -128,121 +190,105 @@ def run_members(
         params = _split(flat, shapes)
     state: dict = {n: None for n in ([FLAT] if flat is not None else params)}
     peak = torch.tensor([float(x) for x in lrs], dtype=dtype, device=device)
-    hyper = dict(hyper or {})
-    if "lr" in hyper:
-        raise ValueError("pass learning rates as lrs, not in hyper")
-    member_hyper = {}  # hyperparameters given per member: [M] tensors, filtered with the members
-    for k, v in list(hyper.items()):
-        if isinstance(v, (list, tuple)):
-            if len(v) != m:
-                raise ValueError(f"hyperparameter {k!r} has {len(v)} values for {m} members")
-            member_hyper[k] = torch.tensor([float(x) for x in v], dtype=dtype, device=device)
-            del hyper[k]
-    threshold: Tensor | None = None
+    return _Live(torch.arange(len(lrs)), cur_seeds, params, flat, shapes, task.roles(), state, peak, member_hyper, None)
 
-    def fail(idx: Tensor, step: int, why: str) -> None:
-        for i in idx.tolist():
-            failed_step[i] = step
-            reason[i] = why
 
-    def keep_only(keep: Tensor) -> None:
-        nonlocal alive, params, flat, state, peak, cur_seeds, threshold, member_hyper
-        n = len(cur_seeds)
-        alive = alive[keep]
-        kl = keep.tolist()
-        cur_seeds = [s for s, k in zip(cur_seeds, kl) if k]
-        if flat is not None:
-            flat = flat[keep.to(flat.device)]
-            params = _split(flat, shapes)
+def _keep(live: _Live, keep: Tensor) -> _Live:
+    """The members ``keep`` (a boolean mask over ``live``) of ``live``."""
+    n = len(live.seeds)
+    kl = keep.tolist()
+    flat, params = live.flat, live.params
+    if flat is not None:
+        flat = flat[keep.to(flat.device)]
+        params = _split(flat, live.shapes)
+    else:
+        params = {k: v[keep.to(v.device)] for k, v in params.items()}
+    return live._replace(
+        alive=live.alive[keep],
+        seeds=[s for s, k in zip(live.seeds, kl) if k],
+        params=params,
+        flat=flat,
+        state={k: _select(v, keep.to(live.peak.device), n) for k, v in live.state.items()},
+        peak=live.peak[keep.to(live.peak.device)],
+        hyper={k: v[keep.to(v.device)] for k, v in live.hyper.items()},
+        threshold=None if live.threshold is None else live.threshold[keep],
+    )
+
+
+def _fail(out: Run, idx: Tensor, step: int, why: str) -> None:
+    for i in idx.tolist():
+        out.failed_step[i] = step
+        out.reason[i] = why
+
+
+def _stop_all(out: Run, live: _Live, step: int, why: str) -> _Live:
+    """Every member still running fails at ``step`` for ``why``; none is left."""
+    _fail(out, live.alive, step, why)
+    return _keep(live, torch.zeros(len(live.alive), dtype=torch.bool))
+
+
+def _drop_failed(out: Run, live: _Live, loss: Tensor, grads: dict, step: int, blowup: float):
+    """Records the step's training losses; members whose loss is not finite or above ``blowup``
+    times their step-1 loss fail and are dropped (from ``live`` and ``grads``)."""
+    t = step + 1
+    lc = loss.detach().to("cpu", torch.float64)
+    out.train[step, live.alive] = lc
+    if live.threshold is None:  # the blow-up threshold of each member: blowup × |its step-1 loss|
+        a = lc.abs()
+        live = live._replace(threshold=torch.where(torch.isfinite(a) & (a > 0), blowup * a, torch.full_like(a, math.inf)))
+    finite = torch.isfinite(lc)
+    blown = finite & (lc > live.threshold)
+    bad = ~finite | blown
+    if not bool(bad.any()):
+        return live, grads
+    _fail(out, live.alive[~finite], t, "non-finite loss")
+    _fail(out, live.alive[blown], t, f"loss above {blowup:g}× initial")
+    keep = ~bad
+    keep_d = keep.to(live.peak.device)
+    return _keep(live, keep), {k: v[keep_d] for k, v in grads.items()}
+
+
+def _update(fn, live: _Live, grads: dict, hess: dict | None, hyp: dict, t: int) -> _Live:
+    """Step ``t`` of the program on every parameter of the members in ``live``."""
+    names = list(live.shapes)
+    with torch.no_grad():
+        if live.flat is not None:  # roles and shapes are not read: "vector" is as good as any
+            hd = None if hess is None else _concat(hess, names)
+            flat, s = fn(live.flat, _concat(grads, names), live.state[FLAT], hyp, t, batched=True, role="vector",
+                         hess_diag=hd)
+            return live._replace(flat=flat, params=_split(flat, live.shapes), state={FLAT: s})
+        params, state = {}, {}
+        for index, name in enumerate(live.params):
+            seed = [param_seed(s, index) for s in live.seeds] if fn.uses_random else None
+            params[name], state[name] = fn(
+                live.params[name], grads[name], live.state[name], hyp, t,
+                batched=True, role=live.roles[name], hess_diag=None if hess is None else hess[name], seed=seed,
+            )
+        return live._replace(params=params, state=state)
+
+
+def _record_eval(out: Run, task, live: _Live, step: int) -> None:
+    row = [math.nan] * len(out.final)
+    if live.seeds:
+        vals = task.eval_loss(live.params, live.seeds).detach().to("cpu", torch.float64)
+        for i, v in zip(live.alive.tolist(), vals.tolist()):
+            row[i] = v
+    out.eval_steps.append(step)
+    out.evals.append(row)
+
+
+def _judge(out: Run, task, live: _Live, steps: int, eval_every: int | None) -> None:
+    """The held-out loss of every member still running after the last step."""
+    vals = task.eval_loss(live.params, live.seeds).detach().to("cpu", torch.float64)
+    for i, v in zip(live.alive.tolist(), vals.tolist()):
+        if math.isfinite(v):
+            out.final[i] = v
         else:
-            params = {k: v[keep.to(v.device)] for k, v in params.items()}
-        state = {k: _select(v, keep.to(device), n) for k, v in state.items()}
-        peak = peak[keep.to(peak.device)]
-        member_hyper = {k: v[keep.to(v.device)] for k, v in member_hyper.items()}
-        if threshold is not None:
-            threshold = threshold[keep]
-
-    def record_eval(step: int) -> None:
-        row = [math.nan] * m
-        if len(cur_seeds):
-            vals = task.eval_loss(params, cur_seeds).detach().to("cpu", torch.float64)
-            for i, v in zip(alive.tolist(), vals.tolist()):
-                row[i] = v
-        out.eval_steps.append(step)
-        out.evals.append(row)
-
+            out.failed_step[i] = steps
+            out.reason[i] = "non-finite held-out loss"
     if eval_every:
-        record_eval(0)
-    for step in range(steps):
-        t = step + 1
-        if deadline is not None and time.perf_counter() > deadline:
-            fail(alive, t, "time limit")
-            keep_only(torch.zeros(len(alive), dtype=torch.bool))
-            break
-        loss, grads = task.loss_and_grads(params, step, cur_seeds)
-        lc = loss.detach().to("cpu", torch.float64)
-        train[step, alive] = lc
-        if threshold is None:  # the blow-up threshold of each member: blowup × |its step-1 loss|
-            a = lc.abs()
-            threshold = torch.where(torch.isfinite(a) & (a > 0), blowup * a, torch.full_like(a, math.inf))
-        finite = torch.isfinite(lc)
-        blown = finite & (lc > threshold)
-        bad = ~finite | blown
-        if bool(bad.any()):
-            fail(alive[~finite], t, "non-finite loss")
-            fail(alive[blown], t, f"loss above {blowup:g}× initial")
-            keep = ~bad
-            keep_d = keep.to(device)
-            grads = {k: v[keep_d] for k, v in grads.items()}
-            keep_only(keep)
-            if not len(cur_seeds):
-                break
-        hess = hutchinson(task, params, step, cur_seeds, hess_eps) if fn.uses_hess_diag else None
-        hyp = dict(hyper)
-        hyp.update(member_hyper)
-        hyp["lr"] = peak * schedule.factor(t, steps)
-        try:
-            with torch.no_grad():
-                if flat is not None:  # roles and shapes are not read: "vector" is as good as any
-                    hd = None if hess is None else _concat(hess, list(shapes))
-                    flat, state[FLAT] = fn(
-                        flat, _concat(grads, list(shapes)), state[FLAT], hyp, t, batched=True, role="vector", hess_diag=hd
-                    )
-                    params = _split(flat, shapes)
-                else:
-                    for index, name in enumerate(params):
-                        seed = [param_seed(s, index) for s in cur_seeds] if fn.uses_random else None
-                        params[name], state[name] = fn(
-                            params[name], grads[name], state[name], hyp, t,
-                            batched=True, role=roles[name], hess_diag=None if hess is None else hess[name], seed=seed,
-                        )
-        except ValueError as e:
-            if "differs across members" in str(e) and len(cur_seeds) > 1:
-                raise MembersDisagree(str(e)) from e
-            fail(alive, t, f"program error: {e}")
-            keep_only(torch.zeros(len(alive), dtype=torch.bool))
-            break
-        except (RuntimeError, ArithmeticError, TypeError, IndexError) as e:
-            fail(alive, t, f"program error: {type(e).__name__}: {e}")
-            keep_only(torch.zeros(len(alive), dtype=torch.bool))
-            break
-        out.member_steps += len(cur_seeds)
-        if eval_every and t % eval_every == 0 and t != steps:
-            record_eval(t)
-
-    if len(cur_seeds):
-        vals = task.eval_loss(params, cur_seeds).detach().to("cpu", torch.float64)
-        for i, v in zip(alive.tolist(), vals.tolist()):
-            if math.isfinite(v):
-                final[i] = v
-            else:
-                failed_step[i] = steps
-                reason[i] = "non-finite held-out loss"
-        if eval_every:
-            out.eval_steps.append(steps)
-            out.evals.append([final[i] if reason[i] is None else math.nan for i in range(m)])
-    out.params = _final_params(params, alive, m)
-    return out
+        out.eval_steps.append(steps)
+        out.evals.append([out.final[i] if out.reason[i] is None else math.nan for i in range(len(out.final))])
 
 
 def _final_params(params: dict[str, Tensor], alive: Tensor, m: int) -> dict[str, Tensor]:
