@@ -7,7 +7,9 @@ matrix, a 4-D kernel, an embedding and a head, over a sequence of step numbers c
 periodic actions (1…12, then values with many divisors up to 10 000), and the parameters after
 every step are hashed after rounding away the last bits (algebraic rewrites differ there).
 Programs that draw noise run with a fixed seed per case, so their fingerprint is deterministic;
-their call sites are numbered in program order, so reordering two draws changes it.
+their call sites are numbered in program order, so reordering two draws changes it. A program
+that reads ``g_probe`` gets a fixed smooth function of its probe point as the gradient there; one
+with evaluation weights (``w_eval``) has them hashed after every step too.
 """
 
 from __future__ import annotations
@@ -49,13 +51,18 @@ def behaviour(program: Program, steps=STEPS, cases=CASES) -> list[bytes]:
         for t in steps:
             g = torch.randn(shape, generator=gen, dtype=torch.float64)
             hd = torch.randn(shape, generator=gen, dtype=torch.float64) if fn.uses_hess_diag else None
+            # the gradient at a probe point: a fixed smooth function of the point
+            gp = (lambda x, g=g: g + 0.5 * torch.tanh(x)) if fn.uses_probe else None
             try:
                 with torch.no_grad():
-                    w, state = fn(w, g, state, None, t, hess_diag=hd, role=role, seed=k)
+                    w, state = fn(w, g, state, None, t, hess_diag=hd, role=role, seed=k, g_probe=gp)
+                    w_eval = fn.eval_weights(w, state, None, t, role=role) if fn.has_eval_weights else None
             except (RuntimeError, ValueError) as e:  # a linear-algebra failure is behaviour too
                 out.append(f"error:{type(e).__name__}".encode())
                 break
             out.append(_quantize(w))
+            if w_eval is not None:
+                out.append(_quantize(w_eval))
     return out
 
 

@@ -18,7 +18,7 @@ import sympy as sp
 from .checker import check
 from .errors import DSLError
 from .primitives import INPUT_TYPES, PRIMITIVES, RANDOM
-from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, influences_w, names_in
+from .program import W_EVAL, Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, influences_w, names_in
 
 _ELEMENTWISE = {
     "sign": sp.sign,
@@ -257,7 +257,7 @@ def _live_filter(program: Program) -> Program:
                     live = lt | le | names_in(s.cond)
         return tuple(reversed(out)), live
 
-    live_end = {"w"} | {s.name for s in states}
+    live_end = {"w", W_EVAL} | {s.name for s in states}
     body, _ = sweep(program.body, live_end)
     return Program(program.hypers, states, body, program.doc)
 

@@ -37,6 +37,7 @@ from typing import Callable, Optional
 from optdisco.dsl import DSLError, Program, check, parse
 from optdisco.dsl.primitives import INPUT_TYPES, PARAM, PRIMITIVES, SCALAR, Type, families
 from optdisco.dsl.program import (
+    W_EVAL,
     influences_w,
     Assign, BinOp, Call, Expr, Hyper, If, Name, Num, State, Stmt, Unary, names_in, sub_exprs, walk_stmts,
 )
@@ -550,7 +551,7 @@ def remove_dead_code(p: Program) -> Program:
                     need = nt | ne | names_in(s.cond)
         return tuple(reversed(out)), need
 
-    body, _ = sweep(p.body, {"w"} | {s.name for s in states})
+    body, _ = sweep(p.body, {"w", W_EVAL} | {s.name for s in states})
     used = set()
     for s in walk_stmts(body):
         used |= names_in(_stmt_expr(s))
