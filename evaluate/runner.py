@@ -12,10 +12,17 @@ held-out loss"); when the wall clock passes the deadline, checked between steps 
 for every member still running, when the program raises an error ("program error: …"). A
 non-finite update shows up as a non-finite loss at the next step (or at the end). Failed members
 are removed from the batch, so they cost nothing afterwards and cannot disturb the others.
+
+Programs that read ``g_probe`` (``probe = …``: SAM) get, every step, the gradient of each member's
+own batch of that step at its probe point: one more gradient evaluation per step. Programs that
+give evaluation weights (``w_eval = …``: Schedule-Free) are judged there: the held-out losses (at
+the end and along the way) and ``Run.params`` are at ``w_eval``; the training losses are at the
+training weights, where the gradients are taken.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -117,7 +124,7 @@ def run_members(
     out = Run([math.inf] * m, [None] * m, [None] * m, torch.full((steps, m), math.nan, dtype=torch.float64))
     live = _start(fn, task, lrs, seeds, member_hyper, device, dtype)
     if eval_every:
-        _record_eval(out, task, live, 0)
+        _record_eval(out, task, live, 0, live.params)
     for step in range(steps):
         t = step + 1
         if deadline is not None and time.perf_counter() > deadline:
@@ -131,8 +138,9 @@ def run_members(
         hyp.update(live.hyper)
         hyp["lr"] = live.peak * schedule.factor(t, steps)
         hess = hutchinson(task, live.params, step, live.seeds, hess_eps) if fn.uses_hess_diag else None
+        grads_at = functools.partial(_grads_at, task, step, live.seeds) if fn.uses_probe else None
         try:
-            live = _update(fn, live, grads, hess, hyp, t)
+            live = _update(fn, live, grads, hess, hyp, t, grads_at)
         except ValueError as e:
             if "differs across members" in str(e) and len(live.seeds) > 1:
                 raise MembersDisagree(str(e)) from e
@@ -143,10 +151,13 @@ def run_members(
             break
         out.member_steps += len(live.seeds)
         if eval_every and t % eval_every == 0 and t != steps:
-            _record_eval(out, task, live, t)
+            _record_eval(out, task, live, t, _eval_params(fn, live, hyp, t))
     if live.seeds:
-        _judge(out, task, live, steps, eval_every)
-    out.params = _final_params(live.params, live.alive, m)
+        final = _eval_params(fn, live, hyp, t)
+        _judge(out, task, live, final, steps, eval_every)
+        out.params = _final_params(final, live.alive, m)
+    else:
+        out.params = _final_params(live.params, live.alive, m)
     return out
 
 
@@ -248,38 +259,70 @@ def _drop_failed(out: Run, live: _Live, loss: Tensor, grads: dict, step: int, bl
     return _keep(live, keep), {k: v[keep_d] for k, v in grads.items()}
 
 
-def _update(fn, live: _Live, grads: dict, hess: dict | None, hyp: dict, t: int) -> _Live:
-    """Step ``t`` of the program on every parameter of the members in ``live``."""
+def _update(fn, live: _Live, grads: dict, hess: dict | None, hyp: dict, t: int, grads_at=None) -> _Live:
+    """Step ``t`` of the program on every parameter of the members in ``live``; ``grads_at``
+    gives the gradients of the step's batches at other parameters (for programs that read
+    ``g_probe``: at their probe points)."""
     names = list(live.shapes)
     with torch.no_grad():
         if live.flat is not None:  # roles and shapes are not read: "vector" is as good as any
             hd = None if hess is None else _concat(hess, names)
-            flat, s = fn(live.flat, _concat(grads, names), live.state[FLAT], hyp, t, batched=True, role="vector",
-                         hess_diag=hd)
+            g = _concat(grads, names)
+            gp = None
+            if grads_at is not None:
+                point = fn.probe(live.flat, g, live.state[FLAT], hyp, t, batched=True, role="vector", hess_diag=hd)
+                gp = _concat(grads_at(_split(point, live.shapes)), names)
+            flat, s = fn(live.flat, g, live.state[FLAT], hyp, t, batched=True, role="vector", hess_diag=hd, g_probe=gp)
             return live._replace(flat=flat, params=_split(flat, live.shapes), state={FLAT: s})
-        params, state = {}, {}
+        inputs = {}  # per parameter: the step's keyword arguments
         for index, name in enumerate(live.params):
             seed = [param_seed(s, index) for s in live.seeds] if fn.uses_random else None
-            params[name], state[name] = fn(
-                live.params[name], grads[name], live.state[name], hyp, t,
-                batched=True, role=live.roles[name], hess_diag=None if hess is None else hess[name], seed=seed,
-            )
+            inputs[name] = dict(batched=True, role=live.roles[name], hess_diag=None if hess is None else hess[name],
+                                seed=seed)
+        if grads_at is not None:
+            points = {name: fn.probe(live.params[name], grads[name], live.state[name], hyp, t, **inputs[name])
+                      for name in live.params}
+            for name, gp in grads_at(points).items():
+                inputs[name]["g_probe"] = gp
+        params, state = {}, {}
+        for name in live.params:
+            params[name], state[name] = fn(live.params[name], grads[name], live.state[name], hyp, t, **inputs[name])
         return live._replace(params=params, state=state)
 
 
-def _record_eval(out: Run, task, live: _Live, step: int) -> None:
+def _grads_at(task, step: int, seeds: list[int], params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The gradients of each member's training batch of ``step`` at ``params``."""
+    with torch.enable_grad():
+        return task.loss_and_grads(params, step, seeds)[1]
+
+
+def _eval_params(fn, live: _Live, hyp: dict, t: int) -> dict[str, Tensor]:
+    """The weights the members are evaluated at after step ``t``: the program's ``w_eval``
+    (``live.params`` for programs without one)."""
+    if not fn.has_eval_weights:
+        return live.params
+    with torch.no_grad():
+        if live.flat is not None:
+            return _split(fn.eval_weights(live.flat, live.state[FLAT], hyp, t, batched=True, role="vector"), live.shapes)
+        return {n: fn.eval_weights(p, live.state[n], hyp, t, batched=True, role=live.roles[n])
+                for n, p in live.params.items()}
+
+
+def _record_eval(out: Run, task, live: _Live, step: int, params: dict[str, Tensor]) -> None:
+    """The held-out loss at ``params`` (the members' evaluation weights) after ``step``."""
     row = [math.nan] * len(out.final)
     if live.seeds:
-        vals = task.eval_loss(live.params, live.seeds).detach().to("cpu", torch.float64)
+        vals = task.eval_loss(params, live.seeds).detach().to("cpu", torch.float64)
         for i, v in zip(live.alive.tolist(), vals.tolist()):
             row[i] = v
     out.eval_steps.append(step)
     out.evals.append(row)
 
 
-def _judge(out: Run, task, live: _Live, steps: int, eval_every: int | None) -> None:
-    """The held-out loss of every member still running after the last step."""
-    vals = task.eval_loss(live.params, live.seeds).detach().to("cpu", torch.float64)
+def _judge(out: Run, task, live: _Live, params: dict[str, Tensor], steps: int, eval_every: int | None) -> None:
+    """The held-out loss of every member still running after the last step, at ``params`` (their
+    evaluation weights)."""
+    vals = task.eval_loss(params, live.seeds).detach().to("cpu", torch.float64)
     for i, v in zip(live.alive.tolist(), vals.tolist()):
         if math.isfinite(v):
             out.final[i] = v
