@@ -655,15 +655,17 @@ def _library_names():
 def test_every_library_program_exports_and_its_paths_agree(name, monkeypatch):
     """Each library program becomes an optimizer; the multi-tensor and hoisted (compile=True)
     paths give the per-tensor path's numbers (quantized-state programs have only that one).
-    Programs reading hess_diag go through the step(closure) protocol."""
+    Programs reading hess_diag or g_probe go through their step(closure) protocols; programs with
+    a probe point or evaluation weights have only the per-tensor path."""
     from optdisco import library
 
     prog = library.load(name)
     quantized = any(s.storage != "float" for s in prog.states)
+    per_tensor_only = quantized or prog.uses_probe or prog.has_eval_weights
     steps = 3
     grads = {s: gradient_sequence(s, steps, seed=len(s)) for s in SHAPES}
     out = {}
-    for path in ("per_tensor",) + (() if quantized else ("foreach", "foreach_blocks", "hoisted")):
+    for path in ("per_tensor",) + (() if per_tensor_only else ("foreach", "foreach_blocks", "hoisted")):
         params = [torch.nn.Parameter(initial_param(s, seed=len(s) + 7)) for s in SHAPES]
         with monkeypatch.context() as m:
             if path == "hoisted":
@@ -681,6 +683,16 @@ def test_every_library_program_exports_and_its_paths_agree(name, monkeypatch):
                         return loss
 
                     torch.manual_seed(i)
+                    opt.step(closure)
+                elif prog.uses_probe:
+                    def closure():
+                        opt.zero_grad()
+                        loss = sum(((p * p) * (1 + p.abs())).sum() + (p * grads[s][i]).sum()
+                                   for p, s in zip(params, SHAPES))
+                        loss.backward()
+                        return loss
+
+                    closure()
                     opt.step(closure)
                 else:
                     for p, s in zip(params, SHAPES):
