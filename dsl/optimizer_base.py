@@ -99,9 +99,9 @@ def _compiled_tensor_step(step, p, g, hd, st, SC, B, info, param_states):
     S = {k: (v.reshape(lay) if k in param_states else v.unsqueeze(0)) for k, v in st.items()}
     w_in = p.reshape(lay)
     new_w, new_s = step(S, SC, B, w_in, g.reshape(lay), None if hd is None else hd.reshape(lay))
-    _write_back(p, w_in, new_w)
-    for k, v in new_s.items():
+    for k, v in new_s.items():  # first: a state set to w itself is copied before p changes
         st[k].copy_(v.reshape(st[k].shape))
+    _write_back(p, w_in, new_w)
 
 
 def _recording_inductor(records):
@@ -133,6 +133,10 @@ def _input_order(inputs, p, g, hd, SC, st):
         by_id.setdefault(id(v), ("st", k))
     order = [by_id.get(id(x)) for x in inputs]
     return None if any(o is None for o in order) else tuple(order)
+
+
+def _shares_storage(a, b):
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _layout(shape):
@@ -359,7 +363,10 @@ class ProgramOptimizer(torch.optim.Optimizer):
             if not isinstance(v, torch.Tensor):
                 v = torch.full((1, 1), float(v), dtype=p.dtype, device=p.device)
             if n in self.PARAM_STATES:
-                state[self._keys[n]] = v.reshape(p.shape)
+                v = v.reshape(p.shape)
+                if _shares_storage(v, p) or (p.grad is not None and _shares_storage(v, p.grad)):
+                    v = v.clone()  # a state set to w (or g) itself: the step writes p in place next
+                state[self._keys[n]] = v
             else:
                 state[self._keys[n]] = v.reshape(v.shape[-2:]) if v.dim() >= 2 else v.reshape(1, 1)
 
@@ -455,8 +462,8 @@ class ProgramOptimizer(torch.optim.Optimizer):
             new_w, new_s = step(S, hyper, False, w_in, g.reshape(lay), t,
                                 None if hd is None else hd.reshape(lay), *info, need=self._present(state), seed=seed,
                                 **probe)
+            self._from_program(new_s, p, state)  # first: a state set to w itself is copied before p changes
             _write_back(p, w_in, new_w)
-            self._from_program(new_s, p, state)
 
     def _run_foreach(self, entries, hyper):
         ts = [1] * len(entries)

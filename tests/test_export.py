@@ -1059,3 +1059,27 @@ def test_a_failing_direct_graph_entry_falls_back_to_dynamo():
         torch.testing.assert_close(ours[0].detach(), ref[0].detach(), rtol=0, atol=1e-6)
         if i == 2:
             assert not opt._fast
+
+
+@pytest.mark.parametrize("path", ["per_tensor", "foreach", "hoisted"])
+def test_a_state_set_to_w_itself_keeps_the_old_weights(path, monkeypatch):
+    """``prev = w`` stores the weights before the update: the per-tensor and compiled paths stored
+    a view of the parameter and then wrote the new weights into it, so prev became the new w."""
+    program = "hyper lr = 0.1\nstate prev = w\nd = w - prev\nprev = w\nw = w - lr * g + 0.5 * d\n"
+    from optdisco.dsl import compile_program
+
+    fn = compile_program(program)
+    if path == "hoisted":
+        monkeypatch.setattr(torch, "compile", lambda f, **_: f)
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    p = torch.nn.Parameter(w0.clone())
+    opt = to_optimizer(program, [p], foreach=path == "foreach", compile=path == "hoisted")
+    w, state = w0.clone(), None
+    for t in range(1, 5):
+        g = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+        p.grad = g.clone()
+        opt.step()
+        w, state = fn(w, g, state, None, t)
+    torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(opt.state[p]["prev"], state["prev"], rtol=1e-12, atol=1e-14)
