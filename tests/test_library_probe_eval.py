@@ -12,6 +12,8 @@ float64 (a patch of its ``get_global_gradient_norm``) the programs match to 1e-1
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from harness import SHAPES, gradient_sequence, initial_param, max_abs_diff
@@ -25,7 +27,7 @@ sam_module = pytest.importorskip("pytorch_optimizer.optimizer.sam")
 STEPS = 60
 WDS = (0.0, 0.1)
 TIGHT = 1e-13  # relative to the largest |w|, float64
-NAMES = ["schedulefree_adamw", "sam_sgd", "sam_adamw", "mars"]
+NAMES = ["schedulefree_adamw", "sam_sgd", "sam_adamw", "mars", "mars_exact"]
 
 params = pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 decays = pytest.mark.parametrize("wd", WDS)
@@ -242,3 +244,69 @@ def test_mars_defaults_are_the_references():
         ref["lr"], ref["betas"], ref["gamma"], ref["eps"], ref["weight_decay"])
     assert ((d["beta1_1d"], d["beta2_1d"]), d["wd_1d"], d["lr"] * d["lr_1d_ratio"]) == (
         ref["betas_1d"], ref["weight_decay_1d"], ref["lr_1d"])
+
+
+# -- MARS, exact -------------------------------------------------------------------------------------
+def mars_exact_by_hand(params, batches, loss, lr, wd, lr_1d, wd_1d, beta1=0.95, beta2=0.99, gamma=0.025,
+                       betas_1d=(0.9, 0.95), eps=1e-8):
+    """Algorithm 1 of the MARS paper (MARS-AdamW, exact), for matrices; AdamW for vectors."""
+    ws = [p.clone() for p in params]
+    prev = [p.clone() for p in params]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    out = []
+    for t, batch in enumerate(batches, 1):
+        def grads_at(point):
+            point = [q.clone().requires_grad_() for q in point]
+            return torch.autograd.grad(loss(point, batch), point)
+
+        g, g_prev = grads_at(ws), grads_at(prev)
+        prev = [w.clone() for w in ws]
+        for i, w in enumerate(ws):
+            if w.dim() >= 2:
+                c = g[i] + gamma * beta1 / (1 - beta1) * (g[i] - g_prev[i])
+                c = c / max(float(c.norm()), 1.0)
+                m[i] = beta1 * m[i] + (1 - beta1) * c
+                v[i] = beta2 * v[i] + (1 - beta2) * c * c
+                step = m[i] / (1 - beta1 ** t) / ((v[i] + 1e-15).sqrt() / (1 - beta2 ** t) ** 0.5 + eps / (1 - beta2 ** t) ** 0.5)
+                ws[i] = w * (1 - lr * wd) - lr * step
+            else:
+                b1, b2 = betas_1d
+                m[i] = b1 * m[i] + (1 - b1) * g[i]
+                v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i]
+                step = m[i] / (1 - b1 ** t) / ((v[i] + 1e-15).sqrt() / (1 - b2 ** t) ** 0.5 + eps / (1 - b2 ** t) ** 0.5)
+                ws[i] = w * (1 - lr_1d * wd_1d) - lr_1d * step
+        out.append([w.clone() for w in ws])
+    return out
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 3, 2, 2)], ids=["2d", "4d"])
+def test_mars_exact_matches_the_papers_equations_through_step_closure(shape):
+    """A weight of ``shape`` and a bias, 30 batches: the exported optimizer, whose closure is
+    called at the previous weights of every tensor at once, equals Algorithm 1 written in torch."""
+    gen = torch.Generator().manual_seed(0)
+    fan_in = math.prod(shape[1:])
+    start = [0.3 * torch.randn(shape, generator=gen, dtype=torch.float64),
+             0.1 * torch.randn(shape[0], generator=gen, dtype=torch.float64)]
+    batches = [(torch.randn(8, fan_in, generator=gen, dtype=torch.float64),
+                torch.randn(8, shape[0], generator=gen, dtype=torch.float64)) for _ in range(30)]
+
+    def loss(ps, batch):
+        x, y = batch
+        return (torch.tanh(x @ ps[0].reshape(shape[0], -1).T + ps[1]) - y).pow(2).mean()
+
+    hyper = {"lr": 0.02, "wd": 0.1, "wd_1d": 0.05, "lr_1d_ratio": 0.5}
+    expected = mars_exact_by_hand(start, batches, loss, lr=0.02, wd=0.1, lr_1d=0.01, wd_1d=0.05)
+    params = [torch.nn.Parameter(p.clone()) for p in start]
+    opt = to_optimizer("mars_exact", params, **hyper)
+    for batch, want in zip(batches, expected):
+        def closure(batch=batch):
+            opt.zero_grad()
+            value = loss(params, batch)
+            value.backward()
+            return value
+
+        closure()
+        opt.step(closure)
+        for p, w in zip(params, want):
+            torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
