@@ -13,7 +13,8 @@ from .errors import DSLError
 from .parser import KEYWORDS, MAX_CONSTANT
 from .primitives import GLOBAL as GLOBAL_FNS
 from .primitives import INPUT_TYPES, PARAM, PRIMITIVES, RANDOM, SCALAR, SHAPE_INPUTS, ShapeError, Type, broadcast, matmul_rule
-from .program import GLOBAL, Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, influences_w, names_in, sub_exprs, walk_stmts
+from .program import (G_PROBE, GLOBAL, PROBE, W_EVAL, Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary,
+                      influences_w, names_in, sub_exprs, walk_stmts)
 
 ARITH = {"+", "-", "*", "/", "**", "%", "@"}
 COMPARE = {"<", "<=", ">", ">=", "==", "!="}
@@ -84,6 +85,11 @@ class _Checker:
                 raise _err(f"{e.id!r} is a function; call it as {e.id}(...)", e)
             if e.id in ("zeros", "ones"):
                 raise _err(f"{e.id!r} is only a state initialiser; in an expression write {e.id}_like(x)", e)
+            if e.id == G_PROBE:
+                raise _err("g_probe is the gradient at the probe point: it can be read only after a statement "
+                           "probe = <point> (and not in state initialisers)", e)
+            if e.id in (PROBE, W_EVAL):
+                raise _err(f"{e.id!r} can only be assigned" + (", and its gradient read as g_probe" if e.id == PROBE else ""), e)
             raise _err(f"name {e.id!r} is not defined{_suggest(e.id, env)}", e)
         if isinstance(e, Unary):
             t = self.expr(e.operand, env)
@@ -195,7 +201,7 @@ class _Checker:
 
     def assign(self, s: Assign, env: dict[str, Type]) -> None:
         tgt = s.target
-        if tgt in INPUT_TYPES and tgt != "w":
+        if (tgt in INPUT_TYPES and tgt != "w") or tgt == G_PROBE:
             raise _err(f"cannot assign to the input {tgt!r}", s)
         if tgt in self.hypers:
             raise _err(f"cannot assign to the hyperparameter {tgt!r}", s)
@@ -216,8 +222,13 @@ class _Checker:
             self.per_param.add(tgt)
         else:
             self.per_param.discard(tgt)
-        if tgt == "w" and t.shape != PARAM:
-            raise _err(f"w must keep the parameter's shape r×c, but this assigns {t.show()}", s)
+        if tgt in ("w", PROBE, W_EVAL) and t.shape != PARAM:
+            must = "keep" if tgt == "w" else "have"
+            raise _err(f"{tgt} must {must} the parameter's shape r×c, but this assigns {t.show()}", s)
+        if tgt in (PROBE, W_EVAL):  # outputs of the step, never read back
+            if tgt == PROBE:
+                env[G_PROBE] = Type("num", PARAM, False)
+            return
         if tgt in self.info.state_types:
             want = self.info.state_types[tgt].shape
             if t.shape != want:
@@ -276,6 +287,12 @@ class _Checker:
             env[s.name] = st
         if not p.body:
             raise DSLError("the program has no statements; it needs a rule for w (w = ...)", 1, 1)
+        self._outputs()
+        if p.model_wide:
+            for st in p.body:
+                if isinstance(st, Assign) and st.target in (PROBE, W_EVAL):
+                    raise _err(f"{st.target} is not available yet in a program with model-wide values "
+                               "(global reductions or global state)", st)
         self.block(p.body, env)
         if not any(isinstance(s, Assign) and s.target == "w" for s in walk_stmts(p.body)):
             last = p.body[-1]
@@ -283,7 +300,33 @@ class _Checker:
         self._dead_state()
         return self.info
 
+    def _outputs(self) -> None:
+        """Where ``probe`` and ``w_eval`` may be assigned, and what ``w_eval`` may read."""
+        p = self.p
+        for target in (PROBE, W_EVAL):
+            found = [s for s in walk_stmts(p.body) if isinstance(s, Assign) and s.target == target]
+            for s in found:
+                if not any(s is top for top in p.body):
+                    raise _err(f"{target} must be assigned at the top level of the program, not inside an if block", s)
+            if len(found) > 1:
+                raise _err(f"{target} is assigned twice; a program has at most one", found[1])
+        if p.uses_probe and not any(G_PROBE in names_in(x) for x in _stmt_exprs(p)):
+            probe = next(s for s in p.body if isinstance(s, Assign) and s.target == PROBE)
+            raise _err("probe is assigned but g_probe, the gradient there, is never read", probe)
+        if p.has_eval_weights:
+            last = p.body[-1]
+            ev = next(s for s in p.body if isinstance(s, Assign) and s.target == W_EVAL)
+            if ev is not last:
+                raise _err("w_eval must be the program's last statement: the evaluation weights after the step", ev)
+            allowed = {"w", "t"} | self.hypers | set(p.state_names) | {n for n, t in INPUT_TYPES.items() if t.static}
+            for x in sub_exprs(ev.value):
+                if isinstance(x, Name) and x.id not in allowed:
+                    raise _err(f"w_eval may read only w, the states, the hyperparameters, t and the parameter's shape "
+                               f"(it is computed again from them when an optimizer switches to evaluation), not {x.id!r}", x)
+
     def _declare(self, name: str, node, seen: dict, what: str) -> None:
+        if name in (PROBE, G_PROBE, W_EVAL):
+            raise _err(f"{name!r} is a reserved name; choose another", node)
         if name in INPUT_TYPES:
             raise _err(f"{name!r} is an input and cannot be declared as a {what}", node)
         if name in PRIMITIVES or name in ("zeros", "ones"):
@@ -301,6 +344,11 @@ class _Checker:
                 used = any(s.name in names_in(x.value) for x in walk_stmts(self.p.body) if isinstance(x, Assign))
                 why = "is never used" if not used else "never affects w"
                 raise _err(f"state {s.name!r} {why}; remove it", s)
+
+
+def _stmt_exprs(p: Program):
+    for st in walk_stmts(p.body):
+        yield st.cond if isinstance(st, If) else st.value
 
 
 def check(program: Program) -> CheckInfo:

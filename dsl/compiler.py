@@ -27,7 +27,7 @@ import torch
 from . import runtime
 from .checker import CheckInfo, check
 from .primitives import ELEMENTWISE, GLOBAL, PARAM, RANDOM, ROLES, SHAPE_INPUTS
-from .program import Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, names_in, walk_exprs
+from .program import PROBE, W_EVAL, Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, names_in, walk_exprs
 
 INPUTS = ("w", "g", "t", "hess_diag", "rows", "cols", "ndim", "numel",
           "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
@@ -99,7 +99,12 @@ class _Gen:
         if not body:
             self.lines.append(indent + "pass")
         for s in body:
-            if isinstance(s, Assign):
+            if isinstance(s, Assign) and s.target == PROBE:  # the probe phase ends here
+                self.lines.append(f"{indent}if phase == 'probe':")
+                self.lines.append(f"{indent}    return {self.expr(s.value)}, None")
+            elif isinstance(s, Assign) and s.target == W_EVAL:  # computed in the eval phase only
+                self.lines.append(indent + "pass")
+            elif isinstance(s, Assign):
                 self.lines.append(f"{indent}{_var(s.target)} = {self.expr(s.value)}")
             else:
                 self.lines.append(f"{indent}if R.truth({self.expr(s.cond)}):")
@@ -111,7 +116,8 @@ class _Gen:
     def source(self, fn_name: str = "step") -> str:
         p = self.p
         wide = p.model_wide
-        args = ["state", "hyper", "first"] + [_var(n) for n in INPUTS] + ["need=None", "seed=None"]
+        phases = ["v_g_probe=None", "phase=None"] if p.uses_probe or p.has_eval_weights else []
+        args = ["state", "hyper", "first"] + [_var(n) for n in INPUTS] + ["need=None", "seed=None"] + phases
         L = self.lines
         L.append(f"def {fn_name}({', '.join(args + (['gstate=None'] if wide else []))}):")
         if wide:
@@ -134,6 +140,10 @@ class _Gen:
             L.append(f"        {_var(s.name)} = {init} if first else {load}")
             L.append("    else:")
             L.append(f"        {_var(s.name)} = None")
+        if p.has_eval_weights:  # the weights to evaluate: from w and the states as a step left them
+            ev = next(s for s in p.body if isinstance(s, Assign) and s.target == W_EVAL)
+            L.append("    if phase == 'eval':")
+            L.append(f"        return {self.expr(ev.value)}, None")
         self.stmts(p.body, "    ")
         L.append("    new_state = {}")
         for s in p.param_states:
@@ -283,6 +293,9 @@ class StepFunction:
     - ``role`` is the parameter's role (``hidden``, ``embedding``, ``head``, ``vector``); by
       default matrices are ``hidden`` and the rest ``vector``.
     - ``hess_diag`` must be given to programs that read it.
+    - ``g_probe`` must be given to programs that read it: the gradient of the step's batch at
+      ``probe(w, g, state, hyper, t, ...)``, or a function from that point to the gradient there.
+      ``eval_weights(w, state, hyper, t)`` gives the weights to evaluate a model at (``w_eval``).
     - ``seed`` (an int, or with ``batched=True`` one int per member) seeds the noise of programs
       that draw it (``randn_like``, ``rademacher_like``); the noise is a function of (seed, t, call
       site, element). Give each parameter its own seed: ``runtime.param_seed(seed, index)``.
@@ -304,6 +317,8 @@ class StepFunction:
         self.defaults = program.hyper_defaults
         self.uses_hess_diag = program.uses_hess_diag
         self.uses_random = program.uses_random
+        self.uses_probe = program.uses_probe
+        self.has_eval_weights = program.has_eval_weights
         self.elementwise = acts_elementwise(program)
         self.param_states = {n for n, t in self.info.state_types.items() if t.shape == PARAM}
         self.model_wide = program.model_wide
@@ -333,10 +348,39 @@ class StepFunction:
                 out[k] = float(v)
         return out
 
-    def __call__(self, w, g, state=None, hyper=None, t=1, *, hess_diag=None, batched=False, role=None, seed=None):
+    def probe(self, w, g, state=None, hyper=None, t=1, *, hess_diag=None, batched=False, role=None, seed=None):
+        """The point at which a program that reads ``g_probe`` takes the gradient in step ``t``
+        (from the same inputs as the step; the state is not changed)."""
+        if not self.uses_probe:
+            raise ValueError("this program has no probe point (no statement probe = ...)")
+        return self(w, g, state, hyper, t, hess_diag=hess_diag, batched=batched, role=role, seed=seed, _phase="probe")
+
+    def eval_weights(self, w, state, hyper=None, t=1, *, batched=False, role=None):
+        """The weights a model is evaluated at, from the weights and state a step returned: the
+        program's ``w_eval``; ``w`` itself for programs without one, or before the first step."""
+        if not self.has_eval_weights or state is None or (not state and self.info.state_types):
+            return w
+        return self(w, w, state, hyper, t, batched=batched, role=role, _phase="eval")
+
+    def __call__(self, w, g, state=None, hyper=None, t=1, *, hess_diag=None, batched=False, role=None, seed=None,
+                 g_probe=None, _phase=None):
         if not self.model_wide:
-            args, kw = self._prepare(w, g, state, hyper, t, hess_diag, batched, role, seed)
+            if self.uses_probe and _phase is None:
+                if g_probe is None:
+                    raise ValueError("this program reads g_probe: pass g_probe=<the gradient at fn.probe(...)>, "
+                                     "or a function from that point to the gradient there")
+                if callable(g_probe):
+                    g_probe = g_probe(self.probe(w, g, state, hyper, t, hess_diag=hess_diag, batched=batched,
+                                                 role=role, seed=seed))
+                if g_probe.shape != w.shape:
+                    raise ValueError(f"g_probe shape {tuple(g_probe.shape)} differs from parameter shape "
+                                     f"{tuple(w.shape)}")
+            args, kw = self._prepare(w, g, state, hyper, t, hess_diag, batched, role, seed, _phase)
+            if self.uses_probe or self.has_eval_weights:
+                kw.update(v_g_probe=None if g_probe is None else g_probe.reshape(args[3].shape), phase=_phase)
             new_w, new_s = self._fn(*args, **kw)
+            if _phase is not None:  # a probe point or the evaluation weights
+                return new_w.reshape(w.shape)
             return self._finish(w, new_w, new_s, batched)
         # a program with model-wide values, given one tensor: a model of that one tensor, whose
         # global states ride in its state dict
@@ -387,11 +431,11 @@ class StepFunction:
             new_g = {k: v.reshape(1, 1) for k, v in new_g.items()}
         return new_ws, new_states, new_g
 
-    def _prepare(self, w, g, state, hyper, t, hess_diag, batched, role, seed):
+    def _prepare(self, w, g, state, hyper, t, hess_diag, batched, role, seed, _phase=None):
         """The generated step function's arguments for one tensor (member layout [M, R, C])."""
         if g.shape != w.shape:
             raise ValueError(f"gradient shape {tuple(g.shape)} differs from parameter shape {tuple(w.shape)}")
-        if self.uses_hess_diag and hess_diag is None:
+        if self.uses_hess_diag and hess_diag is None and _phase != "eval":
             raise ValueError("this program reads hess_diag: pass hess_diag=<Hutchinson estimate>")
         shape = tuple(w.shape[1:]) if batched else tuple(w.shape)
         members = int(w.shape[0]) if batched else 1

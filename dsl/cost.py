@@ -4,7 +4,7 @@ parameter element of one step, over the reference model of :mod:`optdisco.dsl.me
 The model is a fused elementwise kernel per parameter (what ``compile=True`` generates) plus
 one extra pass for each value that cannot be fused:
 
-- **bytes**: ``w``, ``g`` (and ``hess_diag``) read once, ``w`` written once, each state the
+- **bytes**: ``w``, ``g`` (and ``hess_diag``, ``g_probe``) read once, ``w`` written once, each state the
   parameter's routing reaches read once and written once at its storage size (float32: 4 bytes
   per element; 8-bit: 1 byte plus a 4-byte absmax per 256, plus the runtime's unfused decode
   and re-encode, :data:`QUANT_BYTES` and :data:`QUANT_FLOPS` per element); a reduction, normalization or
@@ -119,7 +119,7 @@ def _param_cost(program: Program, info, shape, role) -> tuple[float, float]:
 
     for e, _ in reached(program.body, shape_env(shape, role)):
         expr(e)
-    moved += 4 * n_param * (3 + (1 if program.uses_hess_diag else 0))  # read w, g (hess_diag); write w
+    moved += 4 * n_param * (3 + (1 if program.uses_hess_diag else 0) + (1 if program.uses_probe else 0))  # read w, g (hess_diag, g_probe); write w
     for s in program.param_states:
         if s.name not in need:
             continue

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Optional
 from .parser import parse
 from .primitives import INPUT_TYPES, SCALAR, Type
 from .program import (
-    Assign, BinOp, Call, Expr, If, Name, Program, Stmt, Unary, influences_w, names_in, sub_exprs, walk_stmts,
+    W_EVAL, Assign, BinOp, Call, Expr, If, Name, Program, Stmt, Unary, influences_w, names_in, sub_exprs, walk_stmts,
 )
 
 Path = tuple[int, ...]
@@ -204,7 +204,7 @@ def remove_dead_statements(p: Program) -> Program:
                     need = nt | ne | names_in(s.cond)
         return tuple(reversed(out)), need
 
-    body, _ = sweep(p.body, {"w"} | {s.name for s in states})
+    body, _ = sweep(p.body, {"w", W_EVAL} | {s.name for s in states})
     return Program(p.hypers, states, body, p.doc)
 
 

@@ -211,6 +211,12 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
         + ("\n\nThis program reads hess_diag: call ``step(closure)`` where closure() clears the gradients,\n"
            "computes the loss, calls ``loss.backward(create_graph=True)`` and returns the loss."
            if program.uses_hess_diag else "")
+        + ("\n\nThis program reads g_probe, the gradient at its probe point: call ``loss.backward()``, then\n"
+           "``step(closure)`` where closure() clears the gradients, computes the loss, calls ``loss.backward()``\n"
+           "and returns the loss (as pytorch_optimizer's SAM)." if program.uses_probe else "")
+        + ("\n\nThis program has evaluation weights (w_eval): call ``eval()`` before evaluating the model and\n"
+           "``train()`` before training again (as pytorch_optimizer's ScheduleFreeAdamW)."
+           if program.has_eval_weights else "")
     )
     parts = [
         _docstring(module_doc),
@@ -280,6 +286,8 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
         f"    USES_T = {program.uses_random or any(isinstance(e, Name) and e.id == 't' for e in walk_exprs(program))!r}",
         f"    QUANTIZED = {quantized!r}",
         f"    RANDOM = {program.uses_random!r}",
+        f"    USES_PROBE = {program.uses_probe!r}",
+        f"    EVAL_WEIGHTS = {program.has_eval_weights!r}",
         f"    ELEMENTWISE = {_elementwise(foreach_src)!r}",
         f"    DECAYS = frozenset({sorted(_ema_decays(program))!r})",
         "    _needed_states = staticmethod(needed_states)",

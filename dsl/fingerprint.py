@@ -9,7 +9,9 @@ every step are hashed after rounding away the last bits (algebraic rewrites diff
 Programs that draw noise run with a fixed seed per case, so their fingerprint is deterministic;
 their call sites are numbered in program order, so reordering two draws changes it.
 Programs with model-wide values run all the cases together, as one model (``global_norm(g)``
-then differs from ``norm(g)``).
+then differs from ``norm(g)``). A program that reads ``g_probe`` gets a fixed smooth function of
+its probe point as the gradient there; one with evaluation weights (``w_eval``) has them hashed
+after every step too.
 """
 
 from __future__ import annotations
@@ -53,13 +55,18 @@ def behaviour(program: Program, steps=STEPS, cases=CASES) -> list[bytes]:
         for t in steps:
             g = torch.randn(shape, generator=gen, dtype=torch.float64)
             hd = torch.randn(shape, generator=gen, dtype=torch.float64) if fn.uses_hess_diag else None
+            # the gradient at a probe point: a fixed smooth function of the point
+            gp = (lambda x, g=g: g + 0.5 * torch.tanh(x)) if fn.uses_probe else None
             try:
                 with torch.no_grad():
-                    w, state = fn(w, g, state, None, t, hess_diag=hd, role=role, seed=k)
+                    w, state = fn(w, g, state, None, t, hess_diag=hd, role=role, seed=k, g_probe=gp)
+                    w_eval = fn.eval_weights(w, state, None, t, role=role) if fn.has_eval_weights else None
             except (RuntimeError, ValueError) as e:  # a linear-algebra failure is behaviour too
                 out.append(f"error:{type(e).__name__}".encode())
                 break
             out.append(_quantize(w))
+            if w_eval is not None:
+                out.append(_quantize(w_eval))
     return out
 
 

@@ -47,6 +47,18 @@ calls ``ProgramOptimizer.__init__`` with its hyperparameters. What it does:
   then forms Hutchinson's estimate ``z * (H z)`` with one Rademacher vector ``z`` per parameter
   drawn from torch's global generator (seed it with ``torch.manual_seed`` for repeatable runs),
   and detaches the gradients.
+- Programs that read ``g_probe`` (the gradient at a point the program computes, ``probe = …``:
+  SAM) need ``step(closure)`` after ``loss.backward()``, as pytorch_optimizer's SAM: the step
+  computes each parameter's probe point from the gradients in ``p.grad``, moves the parameters
+  there, calls the closure (which clears the gradients, computes the loss, calls
+  ``loss.backward()`` and returns the loss), reads the gradients there as ``g_probe``, puts the
+  parameters and their first gradients back and updates them. It returns the closure's loss.
+- Programs with evaluation weights (``w_eval = …``: Schedule-Free) have ``eval()`` and
+  ``train()`` as pytorch_optimizer's ScheduleFreeAdamW: ``eval()`` puts ``w_eval`` in the
+  parameters and keeps the training weights in each parameter's state (``"w_train"``, so a
+  ``state_dict`` taken in evaluation mode is complete); ``train()`` puts them back. ``step()``
+  refuses to run in evaluation mode. For other programs both do nothing.
+- Programs with ``probe`` or ``w_eval`` run the per-tensor step only.
 """
 
 import math
@@ -59,6 +71,7 @@ SHAPE_INPUTS = ("rows", "cols", "ndim", "numel", "is_matrix", "is_vector", "is_e
 STEP_KEY = "step"
 SEED_KEY = "seed"
 GLOBAL_KEY = "global_state"  # a parameter group's model-wide states
+TRAIN_KEY = "w_train"  # the training weights, while an optimizer with evaluation weights is in eval()
 # On the CPU the multi-tensor step runs on blocks of about this many elements, so that the
 # several passes of one step reuse the cache instead of streaming the whole model each time.
 CPU_BLOCK = 1 << 20
@@ -92,9 +105,9 @@ def _compiled_tensor_step(step, p, g, hd, st, SC, B, info, param_states):
     S = {k: (v.reshape(lay) if k in param_states else v.unsqueeze(0)) for k, v in st.items()}
     w_in = p.reshape(lay)
     new_w, new_s = step(S, SC, B, w_in, g.reshape(lay), None if hd is None else hd.reshape(lay))
-    _write_back(p, w_in, new_w)
-    for k, v in new_s.items():
+    for k, v in new_s.items():  # first: a state set to w itself is copied before p changes
         st[k].copy_(v.reshape(st[k].shape))
+    _write_back(p, w_in, new_w)
 
 
 def _recording_inductor(records):
@@ -126,6 +139,10 @@ def _input_order(inputs, p, g, hd, SC, st):
         by_id.setdefault(id(v), ("st", k))
     order = [by_id.get(id(x)) for x in inputs]
     return None if any(o is None for o in order) else tuple(order)
+
+
+def _shares_storage(a, b):
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _layout(shape):
@@ -194,6 +211,8 @@ class ProgramOptimizer(torch.optim.Optimizer):
     USES_T = True  # the program reads the step count t or draws noise (else no "step" is stored)
     QUANTIZED = False  # some state is stored quantized (per-tensor path only)
     RANDOM = False  # the program draws seeded noise (per-tensor path only)
+    USES_PROBE = False  # the program reads g_probe, the gradient at its probe point (per-tensor path only)
+    EVAL_WEIGHTS = False  # the program gives evaluation weights, w_eval (per-tensor path only)
     ELEMENTWISE = False  # the multi-tensor step is elementwise: it may run on flat slices
     DECAYS = frozenset()  # hyperparameters the program uses as an EMA decay (ema's third argument)
     _REBUILD = None  # set by optdisco.dsl.to_optimizer: rebuilds the class from PROGRAM when unpickled
@@ -216,11 +235,11 @@ class ProgramOptimizer(torch.optim.Optimizer):
         if unknown:
             raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)}; {type(self).__name__} has {sorted(self.HYPERS)}")
         if foreach and self._step_foreach is None:
-            raise ValueError("this program has no multi-tensor form (quantized state, seeded noise or model-wide "
-                             "values); use foreach=False")
+            raise ValueError("this program has no multi-tensor form (quantized state, seeded noise, model-wide values, "
+                             "a probe point or evaluation weights); use foreach=False")
         if compile and self._step_hoisted is None:
-            raise ValueError("compile=True does not support quantized state, seeded noise or model-wide values "
-                             "(global_norm, global state) yet; use compile=False")
+            raise ValueError("compile=True does not support quantized state, seeded noise, model-wide values "
+                             "(global_norm, global state), a probe point or evaluation weights yet; use compile=False")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
         self.seed = seed
@@ -353,7 +372,10 @@ class ProgramOptimizer(torch.optim.Optimizer):
             if not isinstance(v, torch.Tensor):
                 v = torch.full((1, 1), float(v), dtype=p.dtype, device=p.device)
             if n in self.PARAM_STATES:
-                state[self._keys[n]] = v.reshape(p.shape)
+                v = v.reshape(p.shape)
+                if _shares_storage(v, p) or (p.grad is not None and _shares_storage(v, p.grad)):
+                    v = v.clone()  # a state set to w (or g) itself: the step writes p in place next
+                state[self._keys[n]] = v
             else:
                 state[self._keys[n]] = v.reshape(v.shape[-2:]) if v.dim() >= 2 else v.reshape(1, 1)
 
@@ -388,13 +410,20 @@ class ProgramOptimizer(torch.optim.Optimizer):
     def step(self, closure=None):
         """One update of every parameter that has a gradient; returns the closure's loss."""
         loss, hess = None, None
+        if self.EVAL_WEIGHTS and any(TRAIN_KEY in st for st in self.state.values()):
+            raise RuntimeError(f"{type(self).__name__} is in evaluation mode (eval()): call train() before step()")
         if self.USES_HESS_DIAG:
             loss, hess = self._hutchinson(closure)
-        elif closure is not None:
+        elif closure is not None and not self.USES_PROBE:
             with torch.enable_grad():
                 loss = closure()
-        for gi, group in enumerate(self.param_groups):
-            self._step_group(gi, group, hess)
+        if self.USES_PROBE:
+            loss, self._probe_grads = self._gradients_at_probe(closure, hess)
+        try:
+            for gi, group in enumerate(self.param_groups):
+                self._step_group(gi, group, hess)
+        finally:
+            self._probe_grads = None
         return loss
 
     def _step_group(self, gi, group, hess):
@@ -440,10 +469,12 @@ class ProgramOptimizer(torch.optim.Optimizer):
             seed = None
             if self.RANDOM:
                 seed = torch.full((1, 1, 1), state[SEED_KEY], dtype=torch.int64, device=p.device)
+            probe = {"v_g_probe": self._probe_grads[p].reshape(lay)} if self.USES_PROBE else {}
             new_w, new_s = step(S, hyper, False, w_in, g.reshape(lay), t,
-                                None if hd is None else hd.reshape(lay), *info, need=self._present(state), seed=seed)
+                                None if hd is None else hd.reshape(lay), *info, need=self._present(state), seed=seed,
+                                **probe)
+            self._from_program(new_s, p, state)  # first: a state set to w itself is copied before p changes
             _write_back(p, w_in, new_w)
-            self._from_program(new_s, p, state)
 
     def _run_model_wide(self, group, entries, hyper):
         """The per-tensor steps of every parameter of the group, run in lockstep: each yields its
@@ -623,3 +654,78 @@ class ProgramOptimizer(torch.optim.Optimizer):
             hess[p] = (z * h).detach() if h is not None else torch.zeros_like(p)
             p.grad = p.grad.detach()
         return loss, hess
+
+    # -- the gradient at the probe point; evaluation weights ---------------------------------
+    def _gradients_at_probe(self, closure, hess):
+        """(the closure's loss, {p: the gradient at p's probe point}), the parameters and their
+        gradients at the current weights left as they were."""
+        name = type(self).__name__
+        if closure is None:
+            raise RuntimeError(
+                f"{name} runs a program that reads g_probe, the gradient at another point: call loss.backward(), "
+                "then step(closure), where closure() clears the gradients, computes the loss, calls loss.backward() "
+                "and returns the loss (as pytorch_optimizer's SAM)")
+        step = type(self)._step_tensor
+        saved = []  # (p, its weights, its gradient, its probe point)
+        for group in self.param_groups:
+            hyper = {k: float(group[k]) for k in self.HYPERS}
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                hd = hess.get(p) if hess is not None else None
+                info = self._info(p, group["role"])
+                state = self.state[p]
+                if not state and (self.USES_T or self.STATE_NAMES or self.RANDOM):
+                    self._init_param_state(p, g, hd, hyper, info, state)
+                t = int(state[STEP_KEY].item()) + 1 if STEP_KEY in state else 1
+                lay = (1, info[0], info[1])
+                seed = None
+                if self.RANDOM:
+                    seed = torch.full((1, 1, 1), state[SEED_KEY], dtype=torch.int64, device=p.device)
+                point, _ = step(self._to_program(state, lay), hyper, False, p.reshape(lay), g.reshape(lay), t,
+                                None if hd is None else hd.reshape(lay), *info, need=self._present(state), seed=seed,
+                                phase="probe")
+                saved.append((p, p.detach().clone(), g.detach().clone(), point.reshape(p.shape)))
+        try:
+            for p, _, _, point in saved:
+                p.copy_(point)
+            with torch.enable_grad():
+                loss = closure()
+            grads = {p: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p, *_ in saved}
+        finally:
+            for p, w, g, _ in saved:
+                p.copy_(w)
+                p.grad = g
+        return loss, grads
+
+    @torch.no_grad()
+    def eval(self):
+        """Put the evaluation weights (the program's w_eval) in the parameters, keeping the
+        training weights in their state; nothing for programs without w_eval, or if already done."""
+        if not self.EVAL_WEIGHTS:
+            return
+        step = type(self)._step_tensor
+        for group in self.param_groups:
+            hyper = {k: float(group[k]) for k in self.HYPERS}
+            for p in group["params"]:
+                state = self.state[p]
+                if TRAIN_KEY in state or (not state and (self.USES_T or self.STATE_NAMES or self.RANDOM)):
+                    continue  # in eval mode already, or never stepped: the weights are the evaluation weights
+                info = self._info(p, group["role"])
+                lay = (1, info[0], info[1])
+                t = int(state[STEP_KEY].item()) if STEP_KEY in state else 1
+                w = p.reshape(lay)
+                w_eval, _ = step(self._to_program(state, lay), hyper, False, w, w, t, None, *info,
+                                 need=self._present(state), phase="eval")
+                state[TRAIN_KEY] = p.detach().clone(memory_format=torch.contiguous_format)
+                p.copy_(w_eval.reshape(p.shape))
+
+    @torch.no_grad()
+    def train(self):
+        """Put the training weights back after eval(); nothing otherwise."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and TRAIN_KEY in state:
+                    p.copy_(state.pop(TRAIN_KEY))

@@ -166,6 +166,16 @@ class Program:
         return any(isinstance(e, Name) and e.id == "hess_diag" for e in walk_exprs(self))
 
     @property
+    def uses_probe(self) -> bool:
+        """The program reads the gradient at a point it computes (``probe = …``, ``g_probe``)."""
+        return any(isinstance(s, Assign) and s.target == PROBE for s in self.body)
+
+    @property
+    def has_eval_weights(self) -> bool:
+        """The program says which weights a model is evaluated at (``w_eval = …``)."""
+        return any(isinstance(s, Assign) and s.target == W_EVAL for s in self.body)
+
+    @property
     def uses_random(self) -> bool:
         """The program draws seeded noise (randn_like, rademacher_like)."""
         return any(isinstance(e, Call) and e.fn in ("randn_like", "rademacher_like") for e in walk_exprs(self))
@@ -210,12 +220,21 @@ def walk_exprs(p: Program) -> Iterator[Expr]:
         yield from sub_exprs(st.cond if isinstance(st, If) else st.value)
 
 
+PROBE, G_PROBE, W_EVAL = "probe", "g_probe", "w_eval"
+"""``probe = x`` names the point where the gradient of the step's batch is taken again, read as
+``g_probe``; ``w_eval = x`` (the last statement) gives the weights a model is evaluated at."""
+
+
 def names_in(e: Expr) -> set[str]:
-    return {x.id for x in sub_exprs(e) if isinstance(x, Name)}
+    """The names an expression reads; reading ``g_probe`` reads ``probe`` (the point it is taken at)."""
+    names = {x.id for x in sub_exprs(e) if isinstance(x, Name)}
+    if G_PROBE in names:
+        names.add(PROBE)
+    return names
 
 
 def influences_w(p: Program) -> set[str]:
-    """Names whose value can reach w in this or a later step (flow-insensitive, so it never
+    """Names whose value can reach w (or the evaluation weights w_eval) in this or a later step (flow-insensitive, so it never
     misses a dependency: through statements, if-conditions and state initialisers)."""
     deps: dict[str, set[str]] = {}
 
@@ -232,7 +251,7 @@ def influences_w(p: Program) -> set[str]:
     for st in p.states:
         deps.setdefault(st.name, set()).update(names_in(st.init))
     live: set[str] = set()
-    todo = ["w"]
+    todo = ["w", W_EVAL]
     while todo:
         n = todo.pop()
         if n not in live:

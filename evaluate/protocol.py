@@ -33,6 +33,7 @@ import math
 import random
 import statistics
 import time
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -147,122 +148,185 @@ def evaluate(
     member's held-out loss with its trained weights quantized (``Member.quantized_loss``,
     ``Result.quantized``).
     """
-    if threads is not None and threads != torch.get_num_threads():
-        with cpu_threads(threads):
-            return evaluate(
-                program, task, steps, lrs, seeds, size=size, points=points, decades=decades, extend=extend,
-                hyper=hyper, time_limit=time_limit, schedule=schedule, blowup=blowup, eval_every=eval_every,
-                max_members=max_members, device=device, dtype=dtype, curve_points=curve_points,
-                hess_eps=hess_eps, threads=None, quantize=quantize,
-            )
     start = time.perf_counter()
-    deadline = None if time_limit is None else start + float(time_limit)
-    prog = resolve_program(program)
-    fn = compile_program(prog)
-    task = resolve_task(task, size)
-    steps = int(task.steps if steps is None else steps)
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+    with _threads(threads):
+        prog = resolve_program(program)
+        fn = compile_program(prog)
+        task = resolve_task(task, size)
+        steps = int(task.steps if steps is None else steps)
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        seeds = _checked_seeds(seeds)
+        hyper = _checked_hyper(prog, hyper)
+        schedule = schedule or Schedule()
+        device = str(device or default_device())
+        grid = _initial_grid(prog, lrs, points, decades)
+        plan = _Plan(
+            fn=fn, task=task, steps=steps, seeds=seeds, hyper=hyper, schedule=schedule,
+            deadline=None if time_limit is None else start + float(time_limit), blowup=blowup,
+            eval_every=eval_every, max_members=max_members, device=device, dtype=dtype, hess_eps=hess_eps,
+            quantize=_checked_formats(quantize), edges=curve_steps(steps, curve_points),
+        )
+        tuned = {k: v for k, v in sorted(prog.tuned.items()) if k not in plan.hyper}
+        trial_values = latin_hypercube(grid, tuned)
+        trained = _train(plan, grid, tuned, trial_values)
+        best = _best_index(_medians(trained.members, grid, plan.seeds))
+        extended = _extension_side(trained.members, grid, best) if extend and not plan.timed_out() else None
+        if extended:
+            new = grid_mod.extend(grid, extended, max(1, len(grid) // 2))
+            if tuned:  # the extension keeps the values of the best trial (or of the edge's)
+                keep = trial_values[grid[best if best is not None else 0]]
+                trial_values.update({lr: dict(keep) for lr in new})
+            trained = trained.merged(_train(plan, new, tuned, trial_values))
+            grid = sorted(grid + new)
+        return _result(prog, plan, trained, grid, tuned, trial_values, extended, size, start)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything every batch of one evaluation is trained with."""
+
+    fn: object  # the compiled program
+    task: object
+    steps: int
+    seeds: list[int]
+    hyper: dict[str, float]
+    schedule: Schedule
+    deadline: float | None
+    blowup: float
+    eval_every: int | None
+    max_members: int | None
+    device: str
+    dtype: torch.dtype
+    hess_eps: float
+    quantize: tuple[str, ...]
+    edges: list[int]  # the last step of each window of the stored training curves
+
+    def timed_out(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """The members trained so far, by (learning rate, seed), and what their runs counted."""
+
+    members: dict[tuple[float, int], Member]
+    member_steps: int = 0
+    eval_steps: list[int] = field(default_factory=list)
+
+    def merged(self, other: "_Trained") -> "_Trained":
+        longer = other.eval_steps if len(other.eval_steps) > len(self.eval_steps) else self.eval_steps
+        return _Trained({**self.members, **other.members}, self.member_steps + other.member_steps, longer)
+
+
+def _threads(threads: int | None):
+    """``cpu_threads(threads)``, or nothing to do when ``threads`` is None or already set."""
+    if threads is not None and threads != torch.get_num_threads():
+        return cpu_threads(threads)
+    return contextlib.nullcontext()
+
+
+def _checked_seeds(seeds: Sequence[int]) -> list[int]:
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
+    return seeds
+
+
+def _checked_hyper(prog: Program, hyper: dict | None) -> dict[str, float]:
     hyper = {k: float(v) for k, v in (hyper or {}).items()}
     unknown = sorted(set(hyper) - set(prog.hyper_defaults))
     if unknown:
         raise ValueError(f"hyper names {unknown} are not hyperparameters of the program ({sorted(prog.hyper_defaults)})")
     if "lr" in hyper:
         raise ValueError("give learning rates through lrs=…, not hyper['lr']")
-    schedule = schedule or Schedule()
-    device = str(device or default_device())
-    if lrs is None:
-        grid = grid_mod.lr_grid(prog.hyper_defaults["lr"], points, decades)
-    else:
-        grid = sorted(float(x) for x in lrs)
-        if not grid or any(not (math.isfinite(x) and x > 0) for x in grid):
-            raise ValueError(f"learning rates must be positive numbers, got {list(lrs)}")
-        if len(set(grid)) != len(grid):
-            raise ValueError(f"learning rates must be distinct, got {list(lrs)}")
+    return hyper
 
+
+def _checked_formats(quantize: Sequence[str]) -> tuple[str, ...]:
     quantize = tuple(quantize)
     for fmt in quantize:
         quantize_mod.levels(fmt)  # an unknown format is refused before anything runs
-    tuned = {k: v for k, v in sorted(prog.tuned.items()) if k not in hyper}
-    trial_values: dict[float, dict[str, float]] = latin_hypercube(grid, tuned)
-    members: dict[tuple[float, int], Member] = {}
-    eval_steps: list[int] = []
-    edges = curve_steps(steps, curve_points)
-    member_steps = 0
+    return quantize
 
-    def run(new_lrs: list[float]) -> None:
-        nonlocal member_steps, eval_steps
-        pairs = [(lr, s) for lr in new_lrs for s in seeds]
-        batches = _batches(pairs, max_members)
-        for batch in batches:
-            try:
-                runs = [(batch, _run(batch))]
-            except MembersDisagree:  # an if-condition reads lr: one batch per learning rate
-                groups = collections.OrderedDict()
-                for p in batch:
-                    groups.setdefault(p[0], []).append(p)
-                runs = [(g, _run(g)) for g in groups.values()]
-            for b, r in runs:
-                quantized = _quantized_losses(task, r, [p[1] for p in b], quantize)
-                member_steps += r.member_steps
-                if r.eval_steps and len(r.eval_steps) > len(eval_steps):
-                    eval_steps = list(r.eval_steps)
-                for i, (lr, s) in enumerate(b):
-                    curve = r.train[:, i].tolist()
-                    members[(lr, s)] = Member(
-                        lr=lr, seed=s, final_loss=r.final[i], failed_step=r.failed_step[i], reason=r.reason[i],
-                        train_curve=_window_means(curve, edges),
-                        eval_curve=[row[i] for row in r.evals],
-                        quantized_loss={} if r.reason[i] is not None else {f: v[i] for f, v in quantized.items()},
-                    )
 
-    def _run(batch: list[tuple[float, int]]) -> Run:
-        h: dict = dict(hyper)
-        for name in tuned:
-            h[name] = [trial_values[p[0]][name] for p in batch]
-        return run_members(
-            fn, task, [p[0] for p in batch], [p[1] for p in batch], steps,
-            schedule=schedule, hyper=h, deadline=deadline, blowup=blowup, eval_every=eval_every,
-            device=device, dtype=dtype, hess_eps=hess_eps,
+def _initial_grid(prog: Program, lrs: Sequence[float] | None, points: int, decades: float) -> list[float]:
+    if lrs is None:
+        return grid_mod.lr_grid(prog.hyper_defaults["lr"], points, decades)
+    grid = sorted(float(x) for x in lrs)
+    if not grid or any(not (math.isfinite(x) and x > 0) for x in grid):
+        raise ValueError(f"learning rates must be positive numbers, got {list(lrs)}")
+    if len(set(grid)) != len(grid):
+        raise ValueError(f"learning rates must be distinct, got {list(lrs)}")
+    return grid
+
+
+def _train(plan: _Plan, lrs: list[float], tuned: dict, trial_values: dict[float, dict[str, float]]) -> _Trained:
+    """Every learning rate of ``lrs`` on every seed, in batches of at most ``plan.max_members``."""
+    out = _Trained({})
+    for batch in _batches([(lr, s) for lr in lrs for s in plan.seeds], plan.max_members):
+        try:
+            runs = [(batch, _run(plan, batch, tuned, trial_values))]
+        except MembersDisagree:  # an if-condition reads lr: one batch per learning rate
+            groups = collections.OrderedDict()
+            for p in batch:
+                groups.setdefault(p[0], []).append(p)
+            runs = [(g, _run(plan, g, tuned, trial_values)) for g in groups.values()]
+        for b, r in runs:
+            out = out.merged(_members_of(plan, b, r))
+    return out
+
+
+def _run(plan: _Plan, batch: list[tuple[float, int]], tuned: dict, trial_values: dict) -> Run:
+    h: dict = dict(plan.hyper)
+    for name in tuned:
+        h[name] = [trial_values[p[0]][name] for p in batch]
+    return run_members(
+        plan.fn, plan.task, [p[0] for p in batch], [p[1] for p in batch], plan.steps,
+        schedule=plan.schedule, hyper=h, deadline=plan.deadline, blowup=plan.blowup, eval_every=plan.eval_every,
+        device=plan.device, dtype=plan.dtype, hess_eps=plan.hess_eps,
+    )
+
+
+def _members_of(plan: _Plan, batch: list[tuple[float, int]], r: Run) -> _Trained:
+    """The Members of one run of ``batch`` (pairs of learning rate and seed)."""
+    quantized = _quantized_losses(plan.task, r, [p[1] for p in batch], plan.quantize)
+    members = {}
+    for i, (lr, s) in enumerate(batch):
+        members[(lr, s)] = Member(
+            lr=lr, seed=s, final_loss=r.final[i], failed_step=r.failed_step[i], reason=r.reason[i],
+            train_curve=_window_means(r.train[:, i].tolist(), plan.edges),
+            eval_curve=[row[i] for row in r.evals],
+            quantized_loss={} if r.reason[i] is not None else {f: v[i] for f, v in quantized.items()},
         )
+    return _Trained(members, r.member_steps, list(r.eval_steps) if r.eval_steps else [])
 
-    def medians(g: list[float]) -> list[float]:
-        return [_median([members[(lr, s)].final_loss for s in seeds]) for lr in g]
 
-    def best_index(g: list[float], meds: list[float]) -> int | None:
-        finite = [i for i, v in enumerate(meds) if math.isfinite(v)]
-        return min(finite, key=lambda i: (meds[i], i)) if finite else None
+def _medians(members: dict, grid: list[float], seeds: list[int]) -> list[float]:
+    """Each learning rate's median held-out loss over seeds."""
+    return [_median([members[(lr, s)].final_loss for s in seeds]) for lr in grid]
 
-    def timed_out() -> bool:
-        return deadline is not None and time.perf_counter() > deadline
 
-    run(grid)
-    meds = medians(grid)
-    best = best_index(grid, meds)
-    extended = None
-    if extend and len(grid) > 1 and not timed_out():
-        side = None
-        if best is None:
-            if any(m.reason != "time limit" for m in members.values()):
-                side = "low"
-        elif best == 0:
-            side = "low"
-        elif best == len(grid) - 1:
-            side = "high"
-        if side:
-            new = grid_mod.extend(grid, side, max(1, len(grid) // 2))
-            if tuned:  # the extension keeps the values of the best trial (or of the edge's)
-                keep = trial_values[grid[best if best is not None else 0]]
-                trial_values.update({lr: dict(keep) for lr in new})
-            run(new)
-            grid = sorted(grid + new)
-            meds = medians(grid)
-            best = best_index(grid, meds)
-            extended = side
+def _best_index(meds: list[float]) -> int | None:
+    finite = [i for i, v in enumerate(meds) if math.isfinite(v)]
+    return min(finite, key=lambda i: (meds[i], i)) if finite else None
 
+
+def _extension_side(members: dict, grid: list[float], best: int | None) -> str | None:
+    """Which way to extend the grid: past a best learning rate at an end; downwards when every
+    member failed for a reason other than the time limit; else None."""
+    if len(grid) <= 1:
+        return None
+    if best is None:
+        return "low" if any(m.reason != "time limit" for m in members.values()) else None
+    return "low" if best == 0 else "high" if best == len(grid) - 1 else None
+
+
+def _result(prog: Program, plan: _Plan, trained: _Trained, grid: list[float], tuned: dict,
+            trial_values: dict, extended: str | None, size: str, start: float) -> Result:
+    members, seeds = trained.members, plan.seeds
+    meds = _medians(members, grid, seeds)
+    best = _best_index(meds)
     edge = None
     if best is not None and len(grid) > 1:
         edge = "low" if best == 0 else "high" if best == len(grid) - 1 else None
@@ -278,16 +342,18 @@ def evaluate(
             reason = f"no learning rate has a finite median held-out loss over seeds ({detail})"
     else:
         fitness = meds[best]
+    task = plan.task
     return Result(
         program=prog.to_text(), task=getattr(task, "name", type(task).__name__), size=getattr(task, "size", size),
-        steps=steps, seeds=seeds, lrs=grid, lr_losses=meds, fitness=fitness,
-        best_lr=None if best is None else grid[best], members=ordered, curve_steps=edges, eval_steps=eval_steps,
-        edge=edge, extended=extended, reason=reason, wall_time=time.perf_counter() - start,
-        member_steps=member_steps, schedule=schedule.to_dict(), hyper=hyper, device=device,
+        steps=plan.steps, seeds=seeds, lrs=grid, lr_losses=meds, fitness=fitness,
+        best_lr=None if best is None else grid[best], members=ordered, curve_steps=plan.edges,
+        eval_steps=trained.eval_steps, edge=edge, extended=extended, reason=reason,
+        wall_time=time.perf_counter() - start, member_steps=trained.member_steps, schedule=plan.schedule.to_dict(),
+        hyper=plan.hyper, device=plan.device,
         trials={n: [trial_values[lr][n] for lr in grid] for n in tuned},
         best_hyper={} if best is None else dict(trial_values[grid[best]]) if tuned else {},
         quantized={} if best is None else {
-            f: _median([members[(grid[best], s)].quantized_loss.get(f, WORST) for s in seeds]) for f in quantize},
+            f: _median([members[(grid[best], s)].quantized_loss.get(f, WORST) for s in seeds]) for f in plan.quantize},
     )
 
 

@@ -14,13 +14,21 @@ held-out loss"); when the wall clock passes the deadline, checked between steps 
 for every member still running, when the program raises an error ("program error: …"). A
 non-finite update shows up as a non-finite loss at the next step (or at the end). Failed members
 are removed from the batch, so they cost nothing afterwards and cannot disturb the others.
+
+Programs that read ``g_probe`` (``probe = …``: SAM) get, every step, the gradient of each member's
+own batch of that step at its probe point: one more gradient evaluation per step. Programs that
+give evaluation weights (``w_eval = …``: Schedule-Free) are judged there: the held-out losses (at
+the end and along the way) and ``Run.params`` are at ``w_eval``; the training losses are at the
+training weights, where the gradients are taken.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -116,14 +124,79 @@ def run_members(
         raise ValueError(f"{m} learning rates but {len(seeds)} seeds")
     if torch.device(device).type == "cpu":
         retain_freed_memory()
-    roles = task.roles()
-    final: list[float] = [math.inf] * m
-    failed_step: list[int | None] = [None] * m
-    reason: list[str | None] = [None] * m
-    train = torch.full((steps, m), math.nan, dtype=torch.float64)
-    out = Run(final, failed_step, reason, train)
+    hyper, member_hyper = _split_hyper(hyper, m, device, dtype)
+    out = Run([math.inf] * m, [None] * m, [None] * m, torch.full((steps, m), math.nan, dtype=torch.float64))
+    live = _start(fn, task, lrs, seeds, member_hyper, device, dtype)
+    if eval_every:
+        _record_eval(out, task, live, 0, live.params)
+    for step in range(steps):
+        t = step + 1
+        if deadline is not None and time.perf_counter() > deadline:
+            live = _stop_all(out, live, t, "time limit")
+            break
+        loss, grads = task.loss_and_grads(live.params, step, live.seeds)
+        live, grads = _drop_failed(out, live, loss, grads, step, blowup)
+        if not live.seeds:
+            break
+        hyp = dict(hyper)
+        hyp.update(live.hyper)
+        hyp["lr"] = live.peak * schedule.factor(t, steps)
+        hess = hutchinson(task, live.params, step, live.seeds, hess_eps) if fn.uses_hess_diag else None
+        grads_at = functools.partial(_grads_at, task, step, live.seeds) if fn.uses_probe else None
+        try:
+            live = _update(fn, live, grads, hess, hyp, t, grads_at)
+        except ValueError as e:
+            if "differs across members" in str(e) and len(live.seeds) > 1:
+                raise MembersDisagree(str(e)) from e
+            live = _stop_all(out, live, t, f"program error: {e}")
+            break
+        except (RuntimeError, ArithmeticError, TypeError, IndexError) as e:
+            live = _stop_all(out, live, t, f"program error: {type(e).__name__}: {e}")
+            break
+        out.member_steps += len(live.seeds)
+        if eval_every and t % eval_every == 0 and t != steps:
+            _record_eval(out, task, live, t, _eval_params(fn, live, hyp, t))
+    if live.seeds:
+        final = _eval_params(fn, live, hyp, t)
+        _judge(out, task, live, final, steps, eval_every)
+        out.params = _final_params(final, live.alive, m)
+    else:
+        out.params = _final_params(live.params, live.alive, m)
+    return out
 
-    alive = torch.arange(m)
+
+class _Live(NamedTuple):
+    """The members still training, and everything kept per member (indexed alike)."""
+
+    alive: Tensor  # their indices among the run's members
+    seeds: list[int]
+    params: dict[str, Tensor]  # [M, *shape]; views into ``flat`` when it is not None
+    flat: Tensor | None  # [M, total]: every parameter concatenated, for elementwise programs
+    shapes: dict[str, tuple[int, ...]]
+    roles: dict[str, str]
+    state: dict  # per parameter name, or under FLAT
+    peak: Tensor  # peak learning rates [M]
+    hyper: dict[str, Tensor]  # hyperparameters given per member, [M] each
+    threshold: Tensor | None  # blowup × |step-1 loss| [M], once step 1 has run
+
+
+def _split_hyper(hyper: dict | None, m: int, device, dtype) -> tuple[dict, dict[str, Tensor]]:
+    """(the hyperparameters shared by every member, those given per member as [M] tensors)."""
+    shared = dict(hyper or {})
+    if "lr" in shared:
+        raise ValueError("pass learning rates as lrs, not in hyper")
+    per_member = {}
+    for k, v in list(shared.items()):
+        if isinstance(v, (list, tuple)):
+            if len(v) != m:
+                raise ValueError(f"hyperparameter {k!r} has {len(v)} values for {m} members")
+            per_member[k] = torch.tensor([float(x) for x in v], dtype=dtype, device=device)
+            del shared[k]
+    return shared, per_member
+
+
+def _start(fn, task, lrs, seeds, member_hyper, device, dtype) -> _Live:
+    """Every member at its initial parameters, with empty state."""
     cur_seeds = [int(s) for s in seeds]
     params = task.init_params(cur_seeds, device=device, dtype=dtype)
     shapes = {n: tuple(p.shape[1:]) for n, p in params.items()}
@@ -134,131 +207,145 @@ def run_members(
     if fn.model_wide:  # one model per member: its global states, [M, 1, 1] each
         state[GROUP] = None
     peak = torch.tensor([float(x) for x in lrs], dtype=dtype, device=device)
-    hyper = dict(hyper or {})
-    if "lr" in hyper:
-        raise ValueError("pass learning rates as lrs, not in hyper")
-    member_hyper = {}  # hyperparameters given per member: [M] tensors, filtered with the members
-    for k, v in list(hyper.items()):
-        if isinstance(v, (list, tuple)):
-            if len(v) != m:
-                raise ValueError(f"hyperparameter {k!r} has {len(v)} values for {m} members")
-            member_hyper[k] = torch.tensor([float(x) for x in v], dtype=dtype, device=device)
-            del hyper[k]
-    threshold: Tensor | None = None
+    return _Live(torch.arange(len(lrs)), cur_seeds, params, flat, shapes, task.roles(), state, peak, member_hyper, None)
 
-    def fail(idx: Tensor, step: int, why: str) -> None:
-        for i in idx.tolist():
-            failed_step[i] = step
-            reason[i] = why
 
-    def keep_only(keep: Tensor) -> None:
-        nonlocal alive, params, flat, state, peak, cur_seeds, threshold, member_hyper
-        n = len(cur_seeds)
-        alive = alive[keep]
-        kl = keep.tolist()
-        cur_seeds = [s for s, k in zip(cur_seeds, kl) if k]
-        if flat is not None:
-            flat = flat[keep.to(flat.device)]
-            params = _split(flat, shapes)
+def _keep(live: _Live, keep: Tensor) -> _Live:
+    """The members ``keep`` (a boolean mask over ``live``) of ``live``."""
+    n = len(live.seeds)
+    kl = keep.tolist()
+    flat, params = live.flat, live.params
+    if flat is not None:
+        flat = flat[keep.to(flat.device)]
+        params = _split(flat, live.shapes)
+    else:
+        params = {k: v[keep.to(v.device)] for k, v in params.items()}
+    return live._replace(
+        alive=live.alive[keep],
+        seeds=[s for s, k in zip(live.seeds, kl) if k],
+        params=params,
+        flat=flat,
+        state={k: _select(v, keep.to(live.peak.device), n) for k, v in live.state.items()},
+        peak=live.peak[keep.to(live.peak.device)],
+        hyper={k: v[keep.to(v.device)] for k, v in live.hyper.items()},
+        threshold=None if live.threshold is None else live.threshold[keep],
+    )
+
+
+def _fail(out: Run, idx: Tensor, step: int, why: str) -> None:
+    for i in idx.tolist():
+        out.failed_step[i] = step
+        out.reason[i] = why
+
+
+def _stop_all(out: Run, live: _Live, step: int, why: str) -> _Live:
+    """Every member still running fails at ``step`` for ``why``; none is left."""
+    _fail(out, live.alive, step, why)
+    return _keep(live, torch.zeros(len(live.alive), dtype=torch.bool))
+
+
+def _drop_failed(out: Run, live: _Live, loss: Tensor, grads: dict, step: int, blowup: float):
+    """Records the step's training losses; members whose loss is not finite or above ``blowup``
+    times their step-1 loss fail and are dropped (from ``live`` and ``grads``)."""
+    t = step + 1
+    lc = loss.detach().to("cpu", torch.float64)
+    out.train[step, live.alive] = lc
+    if live.threshold is None:  # the blow-up threshold of each member: blowup × |its step-1 loss|
+        a = lc.abs()
+        live = live._replace(threshold=torch.where(torch.isfinite(a) & (a > 0), blowup * a, torch.full_like(a, math.inf)))
+    finite = torch.isfinite(lc)
+    blown = finite & (lc > live.threshold)
+    bad = ~finite | blown
+    if not bool(bad.any()):
+        return live, grads
+    _fail(out, live.alive[~finite], t, "non-finite loss")
+    _fail(out, live.alive[blown], t, f"loss above {blowup:g}× initial")
+    keep = ~bad
+    keep_d = keep.to(live.peak.device)
+    return _keep(live, keep), {k: v[keep_d] for k, v in grads.items()}
+
+
+def _update(fn, live: _Live, grads: dict, hess: dict | None, hyp: dict, t: int, grads_at=None) -> _Live:
+    """Step ``t`` of the program on every parameter of the members in ``live``; ``grads_at``
+    gives the gradients of the step's batches at other parameters (for programs that read
+    ``g_probe``: at their probe points)."""
+    names = list(live.shapes)
+    with torch.no_grad():
+        if live.flat is not None:  # roles and shapes are not read: "vector" is as good as any
+            hd = None if hess is None else _concat(hess, names)
+            g = _concat(grads, names)
+            gp = None
+            if grads_at is not None:
+                point = fn.probe(live.flat, g, live.state[FLAT], hyp, t, batched=True, role="vector", hess_diag=hd)
+                gp = _concat(grads_at(_split(point, live.shapes)), names)
+            flat, s = fn(live.flat, g, live.state[FLAT], hyp, t, batched=True, role="vector", hess_diag=hd, g_probe=gp)
+            return live._replace(flat=flat, params=_split(flat, live.shapes), state={FLAT: s})
+        if fn.model_wide:  # every parameter at once: model-wide values reduce over them, per member
+            seeds = [[param_seed(s, index) for s in live.seeds] for index in range(len(names))] \
+                if fn.uses_random else None
+            new_ws, new_states, group = fn.step_group(
+                [live.params[n] for n in names], [grads[n] for n in names], [live.state[n] for n in names],
+                live.state[GROUP], hyp, t, batched=True, roles=[live.roles[n] for n in names],
+                hess_diags=None if hess is None else [hess[n] for n in names], seeds=seeds)
+            return live._replace(params=dict(zip(names, new_ws)), state={**dict(zip(names, new_states)), GROUP: group})
+        inputs = {}  # per parameter: the step's keyword arguments
+        for index, name in enumerate(live.params):
+            seed = [param_seed(s, index) for s in live.seeds] if fn.uses_random else None
+            inputs[name] = dict(batched=True, role=live.roles[name], hess_diag=None if hess is None else hess[name],
+                                seed=seed)
+        if grads_at is not None:
+            points = {name: fn.probe(live.params[name], grads[name], live.state[name], hyp, t, **inputs[name])
+                      for name in live.params}
+            for name, gp in grads_at(points).items():
+                inputs[name]["g_probe"] = gp
+        params, state = {}, {}
+        for name in live.params:
+            params[name], state[name] = fn(live.params[name], grads[name], live.state[name], hyp, t, **inputs[name])
+        return live._replace(params=params, state=state)
+
+
+def _grads_at(task, step: int, seeds: list[int], params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The gradients of each member's training batch of ``step`` at ``params``."""
+    with torch.enable_grad():
+        return task.loss_and_grads(params, step, seeds)[1]
+
+
+def _eval_params(fn, live: _Live, hyp: dict, t: int) -> dict[str, Tensor]:
+    """The weights the members are evaluated at after step ``t``: the program's ``w_eval``
+    (``live.params`` for programs without one)."""
+    if not fn.has_eval_weights:
+        return live.params
+    with torch.no_grad():
+        if live.flat is not None:
+            return _split(fn.eval_weights(live.flat, live.state[FLAT], hyp, t, batched=True, role="vector"), live.shapes)
+        return {n: fn.eval_weights(p, live.state[n], hyp, t, batched=True, role=live.roles[n])
+                for n, p in live.params.items()}
+
+
+def _record_eval(out: Run, task, live: _Live, step: int, params: dict[str, Tensor]) -> None:
+    """The held-out loss at ``params`` (the members' evaluation weights) after ``step``."""
+    row = [math.nan] * len(out.final)
+    if live.seeds:
+        vals = task.eval_loss(params, live.seeds).detach().to("cpu", torch.float64)
+        for i, v in zip(live.alive.tolist(), vals.tolist()):
+            row[i] = v
+    out.eval_steps.append(step)
+    out.evals.append(row)
+
+
+def _judge(out: Run, task, live: _Live, params: dict[str, Tensor], steps: int, eval_every: int | None) -> None:
+    """The held-out loss of every member still running after the last step, at ``params`` (their
+    evaluation weights)."""
+    vals = task.eval_loss(params, live.seeds).detach().to("cpu", torch.float64)
+    for i, v in zip(live.alive.tolist(), vals.tolist()):
+        if math.isfinite(v):
+            out.final[i] = v
         else:
-            params = {k: v[keep.to(v.device)] for k, v in params.items()}
-        state = {k: _select(v, keep.to(device), n) for k, v in state.items()}
-        peak = peak[keep.to(peak.device)]
-        member_hyper = {k: v[keep.to(v.device)] for k, v in member_hyper.items()}
-        if threshold is not None:
-            threshold = threshold[keep]
-
-    def record_eval(step: int) -> None:
-        row = [math.nan] * m
-        if len(cur_seeds):
-            vals = task.eval_loss(params, cur_seeds).detach().to("cpu", torch.float64)
-            for i, v in zip(alive.tolist(), vals.tolist()):
-                row[i] = v
-        out.eval_steps.append(step)
-        out.evals.append(row)
-
+            out.failed_step[i] = steps
+            out.reason[i] = "non-finite held-out loss"
     if eval_every:
-        record_eval(0)
-    for step in range(steps):
-        t = step + 1
-        if deadline is not None and time.perf_counter() > deadline:
-            fail(alive, t, "time limit")
-            keep_only(torch.zeros(len(alive), dtype=torch.bool))
-            break
-        loss, grads = task.loss_and_grads(params, step, cur_seeds)
-        lc = loss.detach().to("cpu", torch.float64)
-        train[step, alive] = lc
-        if threshold is None:  # the blow-up threshold of each member: blowup × |its step-1 loss|
-            a = lc.abs()
-            threshold = torch.where(torch.isfinite(a) & (a > 0), blowup * a, torch.full_like(a, math.inf))
-        finite = torch.isfinite(lc)
-        blown = finite & (lc > threshold)
-        bad = ~finite | blown
-        if bool(bad.any()):
-            fail(alive[~finite], t, "non-finite loss")
-            fail(alive[blown], t, f"loss above {blowup:g}× initial")
-            keep = ~bad
-            keep_d = keep.to(device)
-            grads = {k: v[keep_d] for k, v in grads.items()}
-            keep_only(keep)
-            if not len(cur_seeds):
-                break
-        hess = hutchinson(task, params, step, cur_seeds, hess_eps) if fn.uses_hess_diag else None
-        hyp = dict(hyper)
-        hyp.update(member_hyper)
-        hyp["lr"] = peak * schedule.factor(t, steps)
-        try:
-            with torch.no_grad():
-                if flat is not None:  # roles and shapes are not read: "vector" is as good as any
-                    hd = None if hess is None else _concat(hess, list(shapes))
-                    flat, state[FLAT] = fn(
-                        flat, _concat(grads, list(shapes)), state[FLAT], hyp, t, batched=True, role="vector", hess_diag=hd
-                    )
-                    params = _split(flat, shapes)
-                elif fn.model_wide:  # every parameter at once: model-wide values reduce over them, per member
-                    names = list(params)
-                    seeds = [[param_seed(s, index) for s in cur_seeds] for index in range(len(names))] \
-                        if fn.uses_random else None
-                    new_ws, new_states, state[GROUP] = fn.step_group(
-                        [params[n] for n in names], [grads[n] for n in names], [state[n] for n in names],
-                        state[GROUP], hyp, t, batched=True, roles=[roles[n] for n in names],
-                        hess_diags=None if hess is None else [hess[n] for n in names], seeds=seeds)
-                    params = dict(zip(names, new_ws))
-                    state.update(zip(names, new_states))
-                else:
-                    for index, name in enumerate(params):
-                        seed = [param_seed(s, index) for s in cur_seeds] if fn.uses_random else None
-                        params[name], state[name] = fn(
-                            params[name], grads[name], state[name], hyp, t,
-                            batched=True, role=roles[name], hess_diag=None if hess is None else hess[name], seed=seed,
-                        )
-        except ValueError as e:
-            if "differs across members" in str(e) and len(cur_seeds) > 1:
-                raise MembersDisagree(str(e)) from e
-            fail(alive, t, f"program error: {e}")
-            keep_only(torch.zeros(len(alive), dtype=torch.bool))
-            break
-        except (RuntimeError, ArithmeticError, TypeError, IndexError) as e:
-            fail(alive, t, f"program error: {type(e).__name__}: {e}")
-            keep_only(torch.zeros(len(alive), dtype=torch.bool))
-            break
-        out.member_steps += len(cur_seeds)
-        if eval_every and t % eval_every == 0 and t != steps:
-            record_eval(t)
-
-    if len(cur_seeds):
-        vals = task.eval_loss(params, cur_seeds).detach().to("cpu", torch.float64)
-        for i, v in zip(alive.tolist(), vals.tolist()):
-            if math.isfinite(v):
-                final[i] = v
-            else:
-                failed_step[i] = steps
-                reason[i] = "non-finite held-out loss"
-        if eval_every:
-            out.eval_steps.append(steps)
-            out.evals.append([final[i] if reason[i] is None else math.nan for i in range(m)])
-    out.params = _final_params(params, alive, m)
-    return out
+        out.eval_steps.append(steps)
+        out.evals.append([out.final[i] if out.reason[i] is None else math.nan for i in range(len(out.final))])
 
 
 def _final_params(params: dict[str, Tensor], alive: Tensor, m: int) -> dict[str, Tensor]:

@@ -92,7 +92,8 @@ def state_bytes(name: str, shape: tuple[int, ...] = (256, 256), role: str = "hid
     for t in (1, 2):
         g = torch.randn(shape, generator=gen)
         hd = torch.randn(shape, generator=gen).abs() if fn.uses_hess_diag else None
-        w, state = fn(w, g, state, None, t, hess_diag=hd, role=role)
+        gp = (lambda x, g=g: g) if fn.uses_probe else None  # the gradient at the probe point
+        w, state = fn(w, g, state, None, t, hess_diag=hd, role=role, g_probe=gp)
     total = sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
     return total / w.numel()
 

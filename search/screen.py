@@ -30,7 +30,8 @@ def _trajectory(fn, shape, role, seed: int, gseed: int) -> list[torch.Tensor]:
     for t in range(1, STEPS + 1):
         g = torch.randn(shape, generator=ggen, dtype=torch.float64)
         hd = torch.rand(shape, generator=ggen, dtype=torch.float64) if fn.uses_hess_diag else None
-        w, state = fn(w, g, state, None, t, hess_diag=hd, role=role)
+        gp = (lambda x, g=g: g + 0.5 * torch.tanh(x)) if fn.uses_probe else None  # the gradient at a probe point
+        w, state = fn(w, g, state, None, t, hess_diag=hd, role=role, g_probe=gp)
         out.append(w)
     return out
 

@@ -654,13 +654,14 @@ def _library_names():
 @pytest.mark.parametrize("name", _library_names())
 def test_every_library_program_exports_and_its_paths_agree(name, monkeypatch):
     """Each library program becomes an optimizer; the multi-tensor and hoisted (compile=True)
-    paths give the per-tensor path's numbers (programs with quantized state or seeded noise have only
-    that one).
-    Programs reading hess_diag go through the step(closure) protocol."""
+    paths give the per-tensor path's numbers (programs with quantized state, seeded noise, model-wide
+    values, a probe point or evaluation weights have only that one). Programs reading hess_diag or
+    g_probe go through their step(closure) protocols."""
     from optdisco import library
 
     prog = library.load(name)
     single = type(to_optimizer(prog, [torch.nn.Parameter(torch.zeros(2))]))._step_foreach is None
+    single = single or prog.uses_probe or prog.has_eval_weights
     steps = 3
     grads = {s: gradient_sequence(s, steps, seed=len(s)) for s in SHAPES}
     out = {}
@@ -682,6 +683,16 @@ def test_every_library_program_exports_and_its_paths_agree(name, monkeypatch):
                         return loss
 
                     torch.manual_seed(i)
+                    opt.step(closure)
+                elif prog.uses_probe:
+                    def closure():
+                        opt.zero_grad()
+                        loss = sum(((p * p) * (1 + p.abs())).sum() + (p * grads[s][i]).sum()
+                                   for p, s in zip(params, SHAPES))
+                        loss.backward()
+                        return loss
+
+                    closure()
                     opt.step(closure)
                 else:
                     for p, s in zip(params, SHAPES):
@@ -1048,3 +1059,27 @@ def test_a_failing_direct_graph_entry_falls_back_to_dynamo():
         torch.testing.assert_close(ours[0].detach(), ref[0].detach(), rtol=0, atol=1e-6)
         if i == 2:
             assert not opt._fast
+
+
+@pytest.mark.parametrize("path", ["per_tensor", "foreach", "hoisted"])
+def test_a_state_set_to_w_itself_keeps_the_old_weights(path, monkeypatch):
+    """``prev = w`` stores the weights before the update: the per-tensor and compiled paths stored
+    a view of the parameter and then wrote the new weights into it, so prev became the new w."""
+    program = "hyper lr = 0.1\nstate prev = w\nd = w - prev\nprev = w\nw = w - lr * g + 0.5 * d\n"
+    from optdisco.dsl import compile_program
+
+    fn = compile_program(program)
+    if path == "hoisted":
+        monkeypatch.setattr(torch, "compile", lambda f, **_: f)
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    p = torch.nn.Parameter(w0.clone())
+    opt = to_optimizer(program, [p], foreach=path == "foreach", compile=path == "hoisted")
+    w, state = w0.clone(), None
+    for t in range(1, 5):
+        g = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+        p.grad = g.clone()
+        opt.step()
+        w, state = fn(w, g, state, None, t)
+    torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(opt.state[p]["prev"], state["prev"], rtol=1e-12, atol=1e-14)

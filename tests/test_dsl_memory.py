@@ -28,6 +28,15 @@ def allocated_bytes(program) -> tuple[int, int]:
 
         torch.manual_seed(0)
         opt.step(closure)
+    elif program.uses_probe:  # the gradients at w, then step(closure) for those at the probe point
+        def closure():
+            opt.zero_grad()
+            loss = sum((p * g).sum() for p, g in zip(params, grads))
+            loss.backward()
+            return loss
+
+        closure()
+        opt.step(closure)
     else:
         for p, g in zip(params, grads):
             p.grad = g

@@ -213,7 +213,8 @@ NOT_FINITE = {}
 
 def _run_case(name, shape, grad, role, dtype, foreach):
     """Parameters and states after a few steps of the exported optimizer; programs reading
-    hess_diag get a loss whose gradient is exactly the case's gradient (and whose Hessian is I)."""
+    hess_diag get a loss whose gradient is exactly the case's gradient (and whose Hessian is I);
+    programs reading g_probe a linear loss, whose gradient is the case's gradient everywhere."""
     prog = library.load(name)
     gen = torch.Generator().manual_seed(1)
     p = torch.nn.Parameter(torch.randn(shape, generator=gen).to(dtype))
@@ -227,6 +228,15 @@ def _run_case(name, shape, grad, role, dtype, foreach):
                 loss.backward(create_graph=True)
                 return loss
 
+            opt.step(closure)
+        elif prog.uses_probe:
+            def closure():
+                opt.zero_grad()
+                loss = (p * g).sum()
+                loss.backward()
+                return loss
+
+            closure()
             opt.step(closure)
         else:
             p.grad = g.clone()
@@ -249,11 +259,13 @@ def test_every_library_program_stays_finite_on_the_corpus(name, dtype, path):
     """Zero gradients, zero rows and columns, n×1 and 1×n matrices, one-element tensors, gradients
     of 1e4 and 1e-8: the references stay finite on each, and so must the programs (weights and
     every state), a few steps each, through the exported optimizer's multi-tensor and per-tensor
-    paths (programs with quantized state, seeded noise or model-wide values have only the latter; a
-    model-wide program's global states are checked too)."""
+    paths (programs with quantized state, seeded noise, model-wide values, a probe point or evaluation
+    weights have only the latter; a model-wide program's global states are checked too)."""
     prog = library.load(name)
     if path == "foreach" and prog.model_wide:
         pytest.skip("model-wide values have only the per-tensor path")
+    if path == "foreach" and (prog.uses_probe or prog.has_eval_weights):
+        pytest.skip("a probe point or evaluation weights: only the per-tensor path")
     probe = to_optimizer(prog, [torch.nn.Parameter(torch.zeros(2))])
     if path == "foreach" and type(probe)._step_foreach is None:
         pytest.skip("quantized state or seeded noise: only the per-tensor path")
