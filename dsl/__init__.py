@@ -8,7 +8,7 @@ from .lazy import lazy_names
 # `optdisco --help` should not wait for torch and sympy.
 _EXPORTS = {
     "CheckInfo": ".checker", "check": ".checker",
-    "StepFunction": ".compiler", "compile_program": ".compiler", "generate_source": ".compiler",
+    "StepFunction": ".step", "compile_program": ".step", "generate_source": ".compiler",
     "DSLError": ".errors",
     "export_python": ".export", "optimizer_class": ".export", "to_optimizer": ".export",
     "fingerprint": ".fingerprint",

@@ -1,10 +1,10 @@
-"""Program → torch step function.
+"""Program → per-tensor step function source (and its state initialiser and routing).
 
 The compiler writes Python source for one function from a *checked* program: every identifier
 in that source is made by the compiler (user names become ``v_<name>``, which the checker has
 limited to ``[A-Za-z_][A-Za-z0-9_]*``), every constant is printed from a float, and every
 operation is a call into :mod:`optdisco.dsl.runtime` or a torch operator. No text the user
-wrote is ever run as Python. The same source serves evaluation (it is loaded here) and export
+wrote is ever run as Python. The same source serves evaluation (:mod:`optdisco.dsl.step` loads it) and export
 (it is written into the exported file), so a number measured in a search is a number about the
 code a user exports.
 
@@ -16,18 +16,11 @@ dimension (``batched=True``) and any hyperparameter may then be a per-member ten
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
-import itertools
 import math
-from typing import Mapping
 
-import torch
-
-from . import runtime
 from .checker import CheckInfo, check
-from .primitives import ELEMENTWISE, GLOBAL, PARAM, RANDOM, ROLES, SHAPE_INPUTS
-from .program import PROBE, W_EVAL, Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, names_in, walk_exprs
+from .primitives import GLOBAL, RANDOM, SHAPE_INPUTS
+from .program import PROBE, W_EVAL, Assign, BinOp, Call, Expr, Name, Num, Program, Stmt, Unary, names_in, walk_exprs
 
 INPUTS = ("w", "g", "t", "hess_diag", "rows", "cols", "ndim", "numel",
           "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
@@ -167,344 +160,65 @@ def generate_source(program: Program, info: CheckInfo | None = None, fn_name: st
     return _Gen(program, info).source(fn_name)
 
 
-class _Unknown(Exception):
-    pass
+def generate_init_source(program: Program, info: CheckInfo | None = None, fn_name: str = "init_state") -> str:
+    """Source of ``init_state(hyper, v_w, v_g, v_t, v_hess_diag, v_rows, ...)``: the first
+    values of a program's states for one parameter in the member layout ``[1, R, C]``, as the
+    per-tensor step function computes them at its first step."""
+    info = info or check(program)
+    gen = _Gen(program, info)
+    lines = [f"def {fn_name}({', '.join(['hyper'] + [_var(n) for n in INPUTS] + ['need'])}):"]
+    for h in program.hypers:
+        lines.append(f"    {_var(h.name)} = hyper[{h.name!r}]")
+    lines.append("    state = {}")
+    for s in program.param_states:  # global states live with the parameter group
+        lines.append(f"    if {s.name!r} in need:")
+        lines.append(f"        {_var(s.name)} = R.as_state({gen.expr(s.init)}, v_w)")
+        if s.storage == "float":
+            lines.append(f"        state[{s.name!r}] = {_var(s.name)}")
+        else:
+            lines.append(f"        R.q_store(state, {s.name!r}, {_var(s.name)}, {s.storage!r})")
+    lines.append("    return state")
+    return "\n".join(lines) + "\n"
 
 
-def _static_value(e: Expr, env: dict):
-    """The value of an expression from static inputs alone, or _Unknown (e.g. it reads t)."""
-    if isinstance(e, Num):
-        return e.value
-    if isinstance(e, Name):
-        if e.id in env:
-            return env[e.id]
-        raise _Unknown
-    if isinstance(e, Unary):
-        v = _static_value(e.operand, env)
-        return runtime.not_(v) if e.op == "not" else -v
-    if isinstance(e, BinOp):
-        a, b = _static_value(e.left, env), _static_value(e.right, env)
-        if e.op == "and":
-            return runtime.and_(a, b)
-        if e.op == "or":
-            return runtime.or_(a, b)
-        if e.op in _STATIC_OPS:
-            return getattr(runtime, _STATIC_OPS[e.op])(a, b)
-        raise _Unknown
-    if isinstance(e, Call) and e.fn in ("max", "min", "sqrt", "abs", "floor", "log", "exp", "sign", "clip"):
-        return getattr(runtime, e.fn)(*(_static_value(a, env) for a in e.args))
-    raise _Unknown
+def generate_needed_source(program: Program, info: CheckInfo | None = None, fn_name: str = "needed_states") -> str:
+    """Source of ``needed_states(v_rows, v_cols, ..., v_is_hidden) -> set``: the states (and
+    ``"t"`` when the step count is read) that the statements a parameter can reach read or write, with if-conditions on its shape and role
+    alone decided (others, which may change from step to step, count both branches), closed
+    over the states' initialisers. Other states are never allocated for that parameter."""
+    info = info or check(program)
+    gen = _Gen(program, info)
+    # the step count t is tracked like a state: a parameter whose routing never reads it keeps
+    # no step counter (Muon's hidden matrices hold only their momentum, as torch.optim.Muon's do)
+    states = {s.name for s in program.param_states} | {"t"}
+    lines = [f"def {fn_name}({', '.join(_var(n) for n in SHAPE_INPUTS)}):", "    need = set()"]
 
-
-def reachable_states(program: Program, env: dict) -> frozenset:
-    """States read by the statements this parameter can reach: if-conditions that depend only on
-    its shape, role and (uniform) hyperparameters are decided; others count both branches."""
-    names: set[str] = set()
-
-    def walk(body):
-        for s in body:
-            if isinstance(s, Assign):
-                names.update(names_in(s.value))
-                continue
-            try:
-                taken = bool(_static_value(s.cond, env))
-            except (_Unknown, TypeError, ValueError, ZeroDivisionError, OverflowError):
-                names.update(names_in(s.cond))
-                walk(s.then)
-                walk(s.orelse)
-                continue
-            walk(s.then if taken else s.orelse)
-
-    walk(program.body)
-    states = {s.name: s for s in program.param_states}
-    todo = [n for n in names if n in states]
-    need: set[str] = set()
-    while todo:
-        n = todo.pop()
-        if n not in need:
-            need.add(n)
-            todo.extend(x for x in names_in(states[n].init) if x in states)
-    return frozenset(need)
-
-
-class _SourceLoader(importlib.abc.SourceLoader):
-    """Loads a module from source text that this compiler generated."""
-
-    def __init__(self, source: str):
-        self._source = source
-
-    def get_filename(self, fullname: str) -> str:
-        return f"<optdisco-step {fullname}>"
-
-    def get_data(self, path: str) -> bytes:
-        return self._source.encode()
-
-
-_counter = itertools.count()
-
-
-def _load(source: str):
-    name = f"optdisco_step_{next(_counter)}"
-    module_source = "from optdisco.dsl import runtime as R\n\n" + source
-    loader = _SourceLoader(module_source)
-    spec = importlib.util.spec_from_loader(name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module.step
-
-
-def view_shape(shape: tuple[int, ...]) -> tuple[int, int]:
-    """Rows and columns of a parameter's 2-D view: (d0, d1·d2·…); a vector is n × 1."""
-    if len(shape) == 0:
-        return 1, 1
-    rows = int(shape[0])
-    cols = math.prod(int(d) for d in shape[1:])
-    return rows, cols
-
-
-def default_role(shape: tuple[int, ...]) -> str:
-    return "hidden" if len(shape) >= 2 else "vector"
-
-
-def acts_elementwise(program: Program) -> bool:
-    """True when an element's update reads only that element of ``w``, ``g``, ``hess_diag`` and
-    the states, with ``t`` and the hyperparameters: no reduction, matrix work, quantized state or
-    read of the parameter's shape or role. Such a program updates several parameters
-    concatenated into one tensor exactly as it updates each apart."""
-    if any(s.storage != "float" for s in program.states):
-        return False
-    for e in walk_exprs(program):
-        if isinstance(e, Call) and e.fn not in ELEMENTWISE:
-            return False
-        if isinstance(e, BinOp) and e.op == "@":
-            return False
-        if isinstance(e, Name) and e.id in SHAPE_INPUTS:
-            return False
-    return True
-
-
-class StepFunction:
-    """A compiled program: call it as ``w, state = f(w, g, state, hyper, t)``.
-
-    - ``state`` is ``None`` (or empty) at the first step; state initialisers then run.
-    - ``hyper`` maps names to floats (or, with ``batched=True``, tensors of shape ``[M]``);
-      missing names take the program's defaults.
-    - ``batched=True`` means every tensor has a leading member dimension ``M``.
-    - ``role`` is the parameter's role (``hidden``, ``embedding``, ``head``, ``vector``); by
-      default matrices are ``hidden`` and the rest ``vector``.
-    - ``hess_diag`` must be given to programs that read it.
-    - ``g_probe`` must be given to programs that read it: the gradient of the step's batch at
-      ``probe(w, g, state, hyper, t, ...)``, or a function from that point to the gradient there.
-      ``eval_weights(w, state, hyper, t)`` gives the weights to evaluate a model at (``w_eval``).
-    - ``seed`` (an int, or with ``batched=True`` one int per member) seeds the noise of programs
-      that draw it (``randn_like``, ``rademacher_like``); the noise is a function of (seed, t, call
-      site, element). Give each parameter its own seed: ``runtime.param_seed(seed, index)``.
-
-    State tensors with the parameter's shape are stored in the parameter's own shape (as
-    torch.optim does); others in their 2-D form, with the member dimension when batched.
-    ``elementwise`` tells whether parameters may be updated concatenated (``acts_elementwise``).
-
-    A program with model-wide values (``model_wide``: ``global_norm``, ``global d = …``) reduces
-    over all the parameters of a group: step them together with ``step_group``. Called on one
-    tensor it treats that tensor as the whole model and keeps its global states in the state dict.
-    """
-
-    def __init__(self, program: Program):
-        self.program = program
-        self.info = check(program)
-        self.source = generate_source(program, self.info)
-        self._fn = _load(self.source)
-        self.defaults = program.hyper_defaults
-        self.uses_hess_diag = program.uses_hess_diag
-        self.uses_random = program.uses_random
-        self.uses_probe = program.uses_probe
-        self.has_eval_weights = program.has_eval_weights
-        self.elementwise = acts_elementwise(program)
-        self.param_states = {n for n, t in self.info.state_types.items() if t.shape == PARAM}
-        self.model_wide = program.model_wide
-        self.global_names = tuple(s.name for s in program.global_states)
-        self._need: dict = {}
-
-    def __repr__(self) -> str:
-        return f"StepFunction({len(self.program.body)} statements, states={list(self.info.state_types)})"
-
-    def hyper_values(self, hyper: Mapping | None, members: int | None, like: torch.Tensor) -> dict:
-        out = dict(self.defaults)
-        if hyper:
-            for k, v in hyper.items():
-                if k not in out:
-                    raise KeyError(f"unknown hyperparameter {k!r}; the program has {sorted(out)}")
-                out[k] = v
-        for k, v in out.items():
-            if isinstance(v, torch.Tensor):
-                v = v.to(device=like.device, dtype=like.dtype)
-                if v.dim() == 0:
-                    out[k] = v
-                elif members is not None and v.numel() == members:
-                    out[k] = v.reshape(members, 1, 1)
+    def walk(body, indent):
+        if not body:
+            lines.append(indent + "pass")
+        for st in body:
+            if isinstance(st, Assign):
+                used = sorted((names_in(st.value) | {st.target}) & states)
+                if used:
+                    lines.append(f"{indent}need.update({used!r})")
                 else:
-                    raise ValueError(f"hyperparameter {k!r} has shape {tuple(v.shape)}; expected [M] = [{members}]")
+                    lines.append(indent + "pass")
+            elif names_in(st.cond) <= set(SHAPE_INPUTS):
+                lines.append(f"{indent}if R.truth({gen.expr(st.cond)}):")
+                walk(st.then, indent + "    ")
+                lines.append(f"{indent}else:")
+                walk(st.orelse, indent + "    ")
             else:
-                out[k] = float(v)
-        return out
+                used = sorted(names_in(st.cond) & states)
+                if used:
+                    lines.append(f"{indent}need.update({used!r})")
+                walk(st.then, indent)
+                walk(st.orelse, indent)
 
-    def probe(self, w, g, state=None, hyper=None, t=1, *, hess_diag=None, batched=False, role=None, seed=None):
-        """The point at which a program that reads ``g_probe`` takes the gradient in step ``t``
-        (from the same inputs as the step; the state is not changed)."""
-        if not self.uses_probe:
-            raise ValueError("this program has no probe point (no statement probe = ...)")
-        return self(w, g, state, hyper, t, hess_diag=hess_diag, batched=batched, role=role, seed=seed, _phase="probe")
-
-    def eval_weights(self, w, state, hyper=None, t=1, *, batched=False, role=None):
-        """The weights a model is evaluated at, from the weights and state a step returned: the
-        program's ``w_eval``; ``w`` itself for programs without one, or before the first step."""
-        if not self.has_eval_weights or state is None or (not state and self.info.state_types):
-            return w
-        return self(w, w, state, hyper, t, batched=batched, role=role, _phase="eval")
-
-    def __call__(self, w, g, state=None, hyper=None, t=1, *, hess_diag=None, batched=False, role=None, seed=None,
-                 g_probe=None, _phase=None):
-        if not self.model_wide:
-            if self.uses_probe and _phase is None:
-                if g_probe is None:
-                    raise ValueError("this program reads g_probe: pass g_probe=<the gradient at fn.probe(...)>, "
-                                     "or a function from that point to the gradient there")
-                if callable(g_probe):
-                    g_probe = g_probe(self.probe(w, g, state, hyper, t, hess_diag=hess_diag, batched=batched,
-                                                 role=role, seed=seed))
-                if g_probe.shape != w.shape:
-                    raise ValueError(f"g_probe shape {tuple(g_probe.shape)} differs from parameter shape "
-                                     f"{tuple(w.shape)}")
-            args, kw = self._prepare(w, g, state, hyper, t, hess_diag, batched, role, seed, _phase)
-            if self.uses_probe or self.has_eval_weights:
-                kw.update(v_g_probe=None if g_probe is None else g_probe.reshape(args[3].shape), phase=_phase)
-            new_w, new_s = self._fn(*args, **kw)
-            if _phase is not None:  # a probe point or the evaluation weights
-                return new_w.reshape(w.shape)
-            return self._finish(w, new_w, new_s, batched)
-        # a program with model-wide values, given one tensor: a model of that one tensor, whose
-        # global states ride in its state dict
-        state = dict(state or {})
-        gstate = {n: state.pop(n) for n in self.global_names if n in state} or None
-        (new_w,), (new_s,), new_g = self.step_group([w], [g], [state], gstate, hyper, t, hess_diags=[hess_diag],
-                                                    batched=batched, roles=[role], seeds=[seed])
-        new_s.update(new_g)
-        return new_w, new_s
-
-    def step_group(self, ws, gs, states, gstate=None, hyper=None, t=1, *, hess_diags=None, batched=False,
-                   roles=None, seeds=None):
-        """One step of every parameter of a group: ``(new ws, new states, new global state)``.
-
-        Model-wide values (``global_norm`` and the like) reduce over all the tensors given, per
-        member; ``gstate`` maps the program's global states to their values (None at the first
-        step: their initialisers run), ``[M, 1, 1]`` when batched, ``[1, 1]`` otherwise. A program
-        without model-wide values steps each tensor apart (and returns an empty global state)."""
-        n = len(ws)
-        hess_diags = hess_diags or [None] * n
-        roles = roles or [None] * n
-        seeds = seeds or [None] * n
-        if not self.model_wide:
-            outs = [self(w, g, st, hyper, t, hess_diag=hd, batched=batched, role=r, seed=sd)
-                    for w, g, st, hd, r, sd in zip(ws, gs, states, hess_diags, roles, seeds)]
-            return [o[0] for o in outs], [o[1] for o in outs], {}
-        if not n:
-            return [], [], gstate or {}
-        G = None
-        if gstate:
-            members = int(ws[0].shape[0]) if batched else 1
-            G = {k: v.reshape(members, 1, 1) if isinstance(v, torch.Tensor) else v for k, v in gstate.items()}
-            missing = [k for k in self.global_names if k not in G]
-            if missing:
-                raise KeyError(f"global state is missing {missing}")
-        steps = []
-        for w, g, st, hd, r, sd in zip(ws, gs, states, hess_diags, roles, seeds):
-            args, kw = self._prepare(w, g, st, hyper, t, hd, batched, r, sd)
-            steps.append(self._fn(*args, gstate=G, **kw))
-        results = runtime.lockstep(steps)
-        new_ws, new_states = [], []
-        for w, (new_w, new_s, _) in zip(ws, results):
-            nw, ns = self._finish(w, new_w, new_s, batched)
-            new_ws.append(nw)
-            new_states.append(ns)
-        new_g = results[0][2]  # every parameter computed the same global state
-        if not batched:
-            new_g = {k: v.reshape(1, 1) for k, v in new_g.items()}
-        return new_ws, new_states, new_g
-
-    def _prepare(self, w, g, state, hyper, t, hess_diag, batched, role, seed, _phase=None):
-        """The generated step function's arguments for one tensor (member layout [M, R, C])."""
-        if g.shape != w.shape:
-            raise ValueError(f"gradient shape {tuple(g.shape)} differs from parameter shape {tuple(w.shape)}")
-        if self.uses_hess_diag and hess_diag is None and _phase != "eval":
-            raise ValueError("this program reads hess_diag: pass hess_diag=<Hutchinson estimate>")
-        shape = tuple(w.shape[1:]) if batched else tuple(w.shape)
-        members = int(w.shape[0]) if batched else 1
-        rows, cols = view_shape(shape)
-        role = role or default_role(shape)
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; use one of {ROLES}")
-        lay = (members, rows, cols)
-        W, G = w.reshape(lay), g.reshape(lay)
-        HD = hess_diag.reshape(lay) if hess_diag is not None else None
-        first = not state
-        S = {}
-        if not first:
-            for k, v in state.items():
-                if k in self.param_states:
-                    S[k] = v.reshape(lay)
-                elif not batched and isinstance(v, torch.Tensor) and v.dim() >= 2 and "." not in k:
-                    S[k] = v.unsqueeze(0)
-                else:
-                    S[k] = v
-        H = self.hyper_values(hyper, members if batched else None, w)
-        ndim = len(shape)
-        is_matrix = ndim >= 2
-        flags = (is_matrix, not is_matrix, role == "embedding", role == "head", is_matrix and role == "hidden")
-        key = (shape, role, tuple(v for v in H.values() if not isinstance(v, torch.Tensor)))
-        need = self._need.get(key)
-        if need is None:
-            env = {k: v for k, v in H.items() if not isinstance(v, torch.Tensor)}
-            env.update(zip(("rows", "cols", "ndim", "numel"), (rows, cols, ndim, rows * cols)))
-            env.update(zip(("is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden"), flags))
-            need = self._need[key] = reachable_states(self.program, env)
-        seeds = _seed_tensor(seed, members, w.device) if self.uses_random else None
-        return (S, H, first, W, G, t, HD, rows, cols, ndim, rows * cols, *flags), dict(need=need, seed=seeds)
-
-    def _finish(self, w, new_w, new_s, batched):
-        """The step's results in the caller's layout."""
-        out_state = {}
-        for k, v in new_s.items():
-            if k in self.param_states:
-                out_state[k] = v.reshape(w.shape)
-            elif not batched and isinstance(v, torch.Tensor) and v.dim() >= 3 and "." not in k:
-                out_state[k] = v.squeeze(0)
-            else:
-                out_state[k] = v
-        return new_w.reshape(w.shape), out_state
-
-
-def _seed_tensor(seed, members: int, device) -> torch.Tensor:
-    """Seeds as the runtime takes them: int64 [M, 1, 1]; one int serves every member."""
-    if seed is None:
-        seed = 0
-    s = torch.as_tensor(seed, dtype=torch.int64, device=device).reshape(-1)
-    if s.numel() == 1:
-        s = s.expand(members)
-    if s.numel() != members:
-        raise ValueError(f"{s.numel()} seeds for {members} members")
-    if bool((s < 0).any()):
-        raise ValueError("seeds must be non-negative integers")
-    return s.reshape(members, 1, 1)
-
-
-def compile_program(program: Program | str) -> StepFunction:
-    """Compile a Program (or program text) into a StepFunction."""
-    if isinstance(program, str):
-        from .parser import parse
-
-        program = parse(program)
-    return StepFunction(program)
-
-
-# Re-exported for tools that print the generated code next to the runtime it calls.
-RUNTIME = runtime
+    walk(program.body, "    ")
+    deps = {s.name: sorted(names_in(s.init) & states) for s in program.param_states}
+    deps["t"] = []
+    lines += [f"    deps = {deps!r}", "    todo = list(need)", "    while todo:",
+              "        for d in deps[todo.pop()]:", "            if d not in need:",
+              "                need.add(d)", "                todo.append(d)", "    return need"]
+    return "\n".join(lines) + "\n"

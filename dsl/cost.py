@@ -29,8 +29,9 @@ import math
 from dataclasses import dataclass
 
 from .checker import check
-from .compiler import view_shape
-from .memory import REFERENCE_MODEL, reached, reached_states, shape_env
+from .analysis import reached, reached_states, shape_env
+from .layout import view_shape
+from .memory import REFERENCE_MODEL
 from .primitives import ELEMENTWISE
 from .program import BinOp, Call, Name, Num, Program, Unary
 from .runtime import Q_BLOCK, Q_MIN_NUMEL

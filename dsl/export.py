@@ -29,12 +29,13 @@ from pathlib import Path
 
 from . import optimizer_base, runtime
 from .checker import check
-from .compiler import _SourceLoader, generate_source
-from .foreach import SHAPE_INPUTS, generate_foreach_source, generate_init_source, generate_needed_source
+from .compiler import generate_init_source, generate_needed_source, generate_source
+from .foreach import SHAPE_INPUTS, generate_foreach_source
 from .hoist import generate_hoisted_source
 from .primitives import PARAM
 from .program import GLOBAL, Call, Name, Program, walk_exprs
 from .resolve import resolve_program
+from .step import SourceLoader
 
 _RESERVED = {"self", "params", "compile", "foreach", "seed", "role", "defaults"}
 
@@ -316,7 +317,7 @@ _counter = itertools.count()
 def _optimizer_class(program: Program, doc: str, class_name: str):
     source = export_python(program, class_name)
     name = f"optdisco_exported_{next(_counter)}"
-    loader = _SourceLoader(source)
+    loader = SourceLoader(source)
     spec = importlib.util.spec_from_loader(name, loader)
     module = importlib.util.module_from_spec(spec)
     # tracebacks and inspect show the generated code

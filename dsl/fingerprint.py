@@ -21,7 +21,7 @@ import hashlib
 import numpy as np
 import torch
 
-from .compiler import compile_program
+from .step import compile_program
 from .program import Program
 
 CASES = (((11,), "vector"), ((6, 4), "hidden"), ((3, 2, 2, 2), "hidden"), ((5, 3), "embedding"), ((3, 5), "head"))

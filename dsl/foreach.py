@@ -39,6 +39,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from .checker import CheckInfo, check
+from .analysis import mixed_names
 from .compiler import _Gen, _var
 from .primitives import ELEMENTWISE, PARAM, SHAPE_INPUTS
 from .program import Assign, BinOp, Call, Expr, If, Name, Program, Stmt, Unary, names_in, sub_exprs, walk_stmts
@@ -645,18 +646,6 @@ class _ForeachGen:
                 self.emit(f"{pad}torch._foreach_copy_({own[name]}, {op.a})")
 
 
-def mixed_names(program: Program, info: CheckInfo) -> set[str]:
-    """Names given a static value somewhere and a computed one elsewhere (states included):
-    their static values must become tensors."""
-    computed = {s.name for s in program.states}
-    for st in walk_stmts(program.body):
-        if isinstance(st, Assign):
-            t = info.types.get(id(st.value))
-            if t is None or not t.static:
-                computed.add(st.target)
-    return computed
-
-
 def generate_foreach_source(program: Program, info: CheckInfo | None = None, fn_name: str = "step_foreach") -> str | None:
     """Source of the multi-tensor step function of ``program``, or None where it has none
     (quantized state, seeded noise, model-wide values)."""
@@ -668,70 +657,4 @@ def generate_foreach_source(program: Program, info: CheckInfo | None = None, fn_
     return _ForeachGen(program, info).source(fn_name)
 
 
-def generate_init_source(program: Program, info: CheckInfo | None = None, fn_name: str = "init_state") -> str:
-    """Source of ``init_state(hyper, v_w, v_g, v_t, v_hess_diag, v_rows, ...)``: the first
-    values of a program's states for one parameter in the member layout ``[1, R, C]``, as the
-    per-tensor step function computes them at its first step."""
-    from .compiler import INPUTS
-
-    info = info or check(program)
-    gen = _Gen(program, info)
-    lines = [f"def {fn_name}({', '.join(['hyper'] + [_var(n) for n in INPUTS] + ['need'])}):"]
-    for h in program.hypers:
-        lines.append(f"    {_var(h.name)} = hyper[{h.name!r}]")
-    lines.append("    state = {}")
-    for s in program.param_states:  # global states live with the parameter group
-        lines.append(f"    if {s.name!r} in need:")
-        lines.append(f"        {_var(s.name)} = R.as_state({gen.expr(s.init)}, v_w)")
-        if s.storage == "float":
-            lines.append(f"        state[{s.name!r}] = {_var(s.name)}")
-        else:
-            lines.append(f"        R.q_store(state, {s.name!r}, {_var(s.name)}, {s.storage!r})")
-    lines.append("    return state")
-    return "\n".join(lines) + "\n"
-
-
-def generate_needed_source(program: Program, info: CheckInfo | None = None, fn_name: str = "needed_states") -> str:
-    """Source of ``needed_states(v_rows, v_cols, ..., v_is_hidden) -> set``: the states (and
-    ``"t"`` when the step count is read) that the statements a parameter can reach read or write, with if-conditions on its shape and role
-    alone decided (others, which may change from step to step, count both branches), closed
-    over the states' initialisers. Other states are never allocated for that parameter."""
-    info = info or check(program)
-    gen = _Gen(program, info)
-    # the step count t is tracked like a state: a parameter whose routing never reads it keeps
-    # no step counter (Muon's hidden matrices hold only their momentum, as torch.optim.Muon's do)
-    states = {s.name for s in program.param_states} | {"t"}
-    lines = [f"def {fn_name}({', '.join(_var(n) for n in SHAPE_INPUTS)}):", "    need = set()"]
-
-    def walk(body, indent):
-        if not body:
-            lines.append(indent + "pass")
-        for st in body:
-            if isinstance(st, Assign):
-                used = sorted((names_in(st.value) | {st.target}) & states)
-                if used:
-                    lines.append(f"{indent}need.update({used!r})")
-                else:
-                    lines.append(indent + "pass")
-            elif names_in(st.cond) <= set(SHAPE_INPUTS):
-                lines.append(f"{indent}if R.truth({gen.expr(st.cond)}):")
-                walk(st.then, indent + "    ")
-                lines.append(f"{indent}else:")
-                walk(st.orelse, indent + "    ")
-            else:
-                used = sorted(names_in(st.cond) & states)
-                if used:
-                    lines.append(f"{indent}need.update({used!r})")
-                walk(st.then, indent)
-                walk(st.orelse, indent)
-
-    walk(program.body, "    ")
-    deps = {s.name: sorted(names_in(s.init) & states) for s in program.param_states}
-    deps["t"] = []
-    lines += [f"    deps = {deps!r}", "    todo = list(need)", "    while todo:",
-              "        for d in deps[todo.pop()]:", "            if d not in need:",
-              "                need.add(d)", "                todo.append(d)", "    return need"]
-    return "\n".join(lines) + "\n"
-
-
-__all__ = ["generate_foreach_source", "generate_init_source", "generate_needed_source", "SHAPE_INPUTS"]
+__all__ = ["generate_foreach_source", "SHAPE_INPUTS"]

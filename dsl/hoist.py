@@ -20,8 +20,9 @@ whose ``if t > k`` flips compiles once more when it flips, never per step).
 from __future__ import annotations
 
 from .checker import CheckInfo, check
+from .analysis import mixed_names
 from .compiler import _Gen, _var
-from .foreach import SHAPE_INPUTS, mixed_names
+from .primitives import SHAPE_INPUTS
 from .program import Assign, BinOp, Expr, Num, Program, Stmt
 
 

@@ -27,12 +27,11 @@ bytes of the ``state`` an exported optimizer holds after a step, for every libra
 from __future__ import annotations
 
 import math
-from typing import Iterator
 
+from .analysis import reached_states
 from .checker import check
-from .compiler import _static_value, _Unknown, view_shape
-from .primitives import SHAPE_INPUTS
-from .program import Assign, Expr, Name, Program, names_in, walk_exprs
+from .layout import view_shape
+from .program import Name, Program, walk_exprs
 from .runtime import Q_BLOCK, Q_MIN_NUMEL
 
 STEP_BYTES = 4
@@ -58,55 +57,6 @@ def _gpt(vocab: int = 256, width: int = 128, blocks: int = 2, mlp: int = 4) -> t
 REFERENCE_MODEL = _gpt()
 """(name, shape, role) of each parameter of the reference model the memory objective is
 stated for: a byte-level GPT, vocabulary 256, width 128, two blocks, 4× MLP, untied head."""
-
-
-def shape_env(shape: tuple[int, ...], role: str) -> dict:
-    """The shape inputs (``rows``, ``cols``, …, ``is_hidden``) of a parameter of ``shape`` and ``role``."""
-    rows, cols = view_shape(tuple(shape))
-    ndim = len(shape)
-    is_matrix = ndim >= 2
-    return dict(zip(SHAPE_INPUTS, (rows, cols, ndim, rows * cols, is_matrix, not is_matrix, role == "embedding",
-                                   role == "head", is_matrix and role == "hidden")))
-
-
-def reached(body, env: dict) -> Iterator[tuple[Expr, str | None]]:
-    """``(expression, target)`` of what a step evaluates for a parameter whose shape inputs are
-    ``env``, in order: each assignment's value and target, and (target ``None``) the condition of
-    each if-block that is not decided by the shape alone; a decided if-block takes its one branch."""
-    for st in body:
-        if isinstance(st, Assign):
-            yield st.value, st.target
-            continue
-        decided = None
-        if names_in(st.cond) <= set(SHAPE_INPUTS):
-            try:
-                decided = bool(_static_value(st.cond, env))
-            except _Unknown:
-                decided = None
-        if decided is None:
-            yield st.cond, None
-            yield from reached(st.then, env)
-            yield from reached(st.orelse, env)
-        else:
-            yield from reached(st.then if decided else st.orelse, env)
-
-
-def reached_states(program: Program, shape: tuple[int, ...], role: str) -> set[str]:
-    """The states (and ``"t"`` when the step count is read) that a parameter of ``shape`` and
-    ``role`` can reach; other states are never allocated for it."""
-    states = {s.name for s in program.states} | {"t"}
-    need: set[str] = set()
-    for e, target in reached(program.body, shape_env(shape, role)):
-        need.update((names_in(e) | {target}) & states)
-    deps = {s.name: names_in(s.init) & states for s in program.states}
-    deps["t"] = set()
-    todo = list(need)
-    while todo:
-        for d in deps[todo.pop()]:
-            if d not in need:
-                need.add(d)
-                todo.append(d)
-    return need
 
 
 def _numel(sym: tuple[str, str], rows: int, cols: int) -> int:

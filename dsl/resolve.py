@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from .compiler import StepFunction
+from .step import StepFunction
 from .parser import parse, parse_file
 from .program import Program
 

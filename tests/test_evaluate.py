@@ -165,7 +165,7 @@ def test_elementwise_programs_update_the_concatenated_parameters_as_each_apart(t
 
 
 def test_acts_elementwise_only_without_reductions_matrix_work_shape_reads_or_quantized_state():
-    from optdisco.dsl.compiler import acts_elementwise
+    from optdisco.dsl.analysis import acts_elementwise
     from optdisco.dsl import parse
     from optdisco.library import load
 
