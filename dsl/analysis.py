@@ -15,9 +15,8 @@ from typing import Iterator
 
 from . import runtime
 from .checker import CheckInfo
-from .compiler import _STATIC_OPS
 from .layout import view_shape
-from .primitives import ELEMENTWISE, SHAPE_INPUTS
+from .primitives import BINARY_OPERATORS, ELEMENTWISE, SHAPE_INPUTS
 from .program import Assign, BinOp, Call, Expr, Name, Num, Program, Unary, names_in, walk_exprs, walk_stmts
 
 
@@ -38,13 +37,9 @@ def static_value(e: Expr, env: dict):
         return runtime.not_(v) if e.op == "not" else -v
     if isinstance(e, BinOp):
         a, b = static_value(e.left, env), static_value(e.right, env)
-        if e.op == "and":
-            return runtime.and_(a, b)
-        if e.op == "or":
-            return runtime.or_(a, b)
-        if e.op in _STATIC_OPS:
-            return getattr(runtime, _STATIC_OPS[e.op])(a, b)
-        raise Unknown
+        if e.op == "@":
+            raise Unknown
+        return getattr(runtime, BINARY_OPERATORS[e.op].runtime)(a, b)
     if isinstance(e, Call) and e.fn in ("max", "min", "sqrt", "abs", "floor", "log", "exp", "sign", "clip"):
         return getattr(runtime, e.fn)(*(static_value(a, env) for a in e.args))
     raise Unknown

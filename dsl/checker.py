@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from .errors import DSLError
 from .parser import KEYWORDS, MAX_CONSTANT
 from .primitives import GLOBAL as GLOBAL_FNS
-from .primitives import INPUT_TYPES, PARAM, PRIMITIVES, RANDOM, SCALAR, SHAPE_INPUTS, ShapeError, Type, broadcast, matmul_rule
+from .primitives import INPUT_TYPES, operators, PARAM, PRIMITIVES, RANDOM, SCALAR, SHAPE_INPUTS, ShapeError, Type, broadcast, matmul_rule
 from .program import (G_PROBE, GLOBAL, PROBE, W_EVAL, Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary,
                       influences_w, names_in, sub_exprs, walk_stmts)
 
-ARITH = {"+", "-", "*", "/", "**", "%", "@"}
-COMPARE = {"<", "<=", ">", ">=", "==", "!="}
-LOGIC = {"and", "or"}
+ARITH = operators("arith")
+COMPARE = operators("compare")
+LOGIC = operators("logic")
 MAX_HYPERS = 64
 MAX_STATES = 32
 

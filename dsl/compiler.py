@@ -19,14 +19,11 @@ from __future__ import annotations
 import math
 
 from .checker import CheckInfo, check
-from .primitives import GLOBAL, RANDOM, SHAPE_INPUTS
+from .primitives import BINARY_OPERATORS, GLOBAL, RANDOM, SHAPE_INPUTS
 from .program import PROBE, W_EVAL, Assign, BinOp, Call, Expr, Name, Num, Program, Stmt, Unary, names_in, walk_exprs
 
 INPUTS = ("w", "g", "t", "hess_diag", "rows", "cols", "ndim", "numel",
           "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
-_STATIC_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "%": "mod",
-               "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
-_TENSOR_OPS = {"+", "-", "*", "/", "**", "<", "<=", ">", ">=", "==", "!="}
 
 
 def _var(name: str) -> str:
@@ -60,17 +57,9 @@ class _Gen:
             return f"R.not_({inner})" if e.op == "not" else f"(-{inner})"
         if isinstance(e, BinOp):
             a, b = self.expr(e.left), self.expr(e.right)
-            if e.op == "and":
-                return f"R.and_({a}, {b})"
-            if e.op == "or":
-                return f"R.or_({a}, {b})"
-            if e.op == "@":
-                return f"R.matmul({a}, {b})"
-            if e.op == "%":
-                return f"R.mod({a}, {b})"
-            static = t is not None and t.static
-            if static or e.op not in _TENSOR_OPS:
-                return f"R.{_STATIC_OPS[e.op]}({a}, {b})"
+            op = BINARY_OPERATORS[e.op]
+            if (t is not None and t.static) or not op.infix:  # static values: the runtime's float arithmetic
+                return f"R.{op.runtime}({a}, {b})"
             return f"({a} {e.op} {b})"
         if isinstance(e, Call):
             args = ", ".join(self.expr(a) for a in e.args)

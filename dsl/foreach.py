@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 from .checker import CheckInfo, check
 from .analysis import mixed_names
 from .compiler import _Gen, _var
-from .primitives import ELEMENTWISE, PARAM, SHAPE_INPUTS
+from .primitives import BINARY_OPERATORS, ELEMENTWISE, PARAM, SHAPE_INPUTS
 from .program import Assign, BinOp, Call, Expr, If, Name, Program, Stmt, Unary, names_in, sub_exprs, walk_stmts
 
 MUTABLE = {"param", "state", "temp"}
@@ -52,7 +52,6 @@ _UNARY = {
     "log": ("log", ()), "tanh": ("tanh", ()), "floor": ("floor", ()), "rsqrt": ("rsqrt", ()),
     "relu": ("clamp_min", ("0.0",)),
 }
-_PY_OPS = {"+", "-", "*", "/", "**", "<", "<=", ">", ">=", "==", "!="}
 
 
 @dataclass(frozen=True)
@@ -466,11 +465,8 @@ class _ForeachGen:
                 return self.div(a, b)
             if fast and e.op == "**":
                 return self.power(a, b)
-            if e.op in _PY_OPS:
-                tmpl = f"({{0}} {e.op} {{1}})"
-            else:
-                fn = {"and": "and_", "or": "or_", "@": "matmul", "%": "mod"}[e.op]
-                tmpl = f"R.{fn}({{0}}, {{1}})"
+            op = BINARY_OPERATORS[e.op]
+            tmpl = f"({{0}} {e.op} {{1}})" if op.infix else f"R.{op.runtime}({{0}}, {{1}})"
             return self.listcomp(tmpl, [a, b], e.op != "@" and self._all_native([a, b]), native)
         if isinstance(e, Call):
             xs = self.args(e.args)

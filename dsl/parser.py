@@ -24,6 +24,7 @@ import math
 import re
 
 from .errors import DSLError
+from .primitives import BINARY_OPERATORS, operators, operators_at
 from .program import GLOBAL, Assign, BinOp, Call, Expr, Hyper, If, Name, Num, Program, State, Stmt, Unary
 
 # Limits that keep hostile or runaway input from hanging or crashing the parser.
@@ -36,7 +37,10 @@ would exhaust Python's recursion in the checker and compiler."""
 MAX_TOKEN = 64
 MAX_CONSTANT = 1e30
 
-KEYWORDS = {"hyper", "state", "global", "if", "elif", "else", "end", "and", "or", "not"}
+KEYWORDS = {"hyper", "state", "global", "if", "elif", "else", "end", *operators("logic"), "not"}
+_COMPARE = operators("compare")
+_SUM = operators_at(BINARY_OPERATORS["+"].prec)
+_PRODUCT = operators_at(BINARY_OPERATORS["*"].prec)
 STORAGES = ("float", "q8", "uq8")
 
 _TOKEN = re.compile(
@@ -336,24 +340,24 @@ class _Parser:
 
     def comparison(self) -> Expr:
         left = self.sum()
-        if self.tok.kind == "op" and self.tok.text in ("<", "<=", ">", ">=", "==", "!="):
+        if self.tok.kind == "op" and self.tok.text in _COMPARE:
             op = self.next()
             right = self.sum()
-            if self.tok.kind == "op" and self.tok.text in ("<", "<=", ">", ">=", "==", "!="):
+            if self.tok.kind == "op" and self.tok.text in _COMPARE:
                 raise self.error("comparisons do not chain; combine them with 'and'")
             return BinOp(op.text, left, right, op.line, op.col)
         return left
 
     def sum(self) -> Expr:
         left = self.term()
-        while self.tok.kind == "op" and self.tok.text in ("+", "-"):
+        while self.tok.kind == "op" and self.tok.text in _SUM:
             op = self.next()
             left = BinOp(op.text, left, self.term(), op.line, op.col)
         return left
 
     def term(self) -> Expr:
         left = self.unary()
-        while self.tok.kind == "op" and self.tok.text in ("*", "/", "@", "%"):
+        while self.tok.kind == "op" and self.tok.text in _PRODUCT:
             op = self.next()
             left = BinOp(op.text, left, self.unary(), op.line, op.col)
         return left

@@ -399,3 +399,53 @@ def families() -> dict[str, list[str]]:
     for p in _P:
         out.setdefault(p.family, []).append(p.name)
     return out
+
+
+# -- operators -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Operator:
+    """An operator of the language: how it is written, how tightly it binds (parser and printer),
+    its kind (the checker's rules), the runtime function that computes it (static and tensor
+    values alike), whether Python and torch spell it as an infix operator on tensors, and its
+    sympy class where sympy has no Python operator for it."""
+
+    symbol: str
+    prec: int  # binding strength: higher binds tighter
+    kind: str  # "arith", "compare", "logic" (binary) or "unary"
+    runtime: str
+    infix: bool = False
+    sympy: str | None = None
+
+
+_OPS = (
+    Operator("or", 1, "logic", "or_", sympy="Or"),
+    Operator("and", 2, "logic", "and_", sympy="And"),
+    Operator("not", 3, "unary", "not_", sympy="Not"),
+    Operator("<", 4, "compare", "lt", True, "StrictLessThan"),
+    Operator("<=", 4, "compare", "le", True, "LessThan"),
+    Operator(">", 4, "compare", "gt", True, "StrictGreaterThan"),
+    Operator(">=", 4, "compare", "ge", True, "GreaterThan"),
+    Operator("==", 4, "compare", "eq", True, "Equality"),
+    Operator("!=", 4, "compare", "ne", True, "Unequality"),
+    Operator("+", 5, "arith", "add", True),
+    Operator("-", 5, "arith", "sub", True),
+    Operator("*", 6, "arith", "mul", True),
+    Operator("/", 6, "arith", "div", True),
+    Operator("@", 6, "arith", "matmul"),
+    Operator("%", 6, "arith", "mod", sympy="Mod"),
+    Operator("neg", 7, "unary", "neg"),  # unary minus, written "-"
+    Operator("**", 8, "arith", "pow", True),
+)
+BINARY_OPERATORS = {o.symbol: o for o in _OPS if o.kind != "unary"}
+UNARY_OPERATORS = {o.symbol: o for o in _OPS if o.kind == "unary"}
+"""The language's operators by symbol (unary minus is ``neg``; its tree node's op is ``-``)."""
+
+
+def operators(kind: str) -> frozenset:
+    """The symbols of the binary operators of one kind (``arith``, ``compare``, ``logic``)."""
+    return frozenset(s for s, o in BINARY_OPERATORS.items() if o.kind == kind)
+
+
+def operators_at(prec: int) -> frozenset:
+    """The symbols of the binary operators that bind with strength ``prec``."""
+    return frozenset(s for s, o in BINARY_OPERATORS.items() if o.prec == prec)

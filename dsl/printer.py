@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import math
 
+from .primitives import BINARY_OPERATORS, UNARY_OPERATORS
 from .program import GLOBAL, Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary
 
 # Binding strength; higher binds tighter.
-PREC = {
-    "or": 1, "and": 2, "not": 3,
-    "<": 4, "<=": 4, ">": 4, ">=": 4, "==": 4, "!=": 4,
-    "+": 5, "-": 5,
-    "*": 6, "/": 6, "@": 6, "%": 6,
-    "neg": 7,
-    "**": 8,
-}
+PREC = {s: o.prec for s, o in {**BINARY_OPERATORS, **UNARY_OPERATORS}.items()}
 ATOM = 9
 
 

@@ -18,7 +18,7 @@ import sympy as sp
 from .checker import check
 from .edit import assign_paths, remove_dead_statements, replace_stmt
 from .errors import DSLError
-from .primitives import INPUT_TYPES, PRIMITIVES, RANDOM
+from .primitives import BINARY_OPERATORS, INPUT_TYPES, PRIMITIVES, RANDOM, operators
 from .program import Assign, BinOp, Call, Expr, Name, Num, Program, Stmt, Unary
 
 _ELEMENTWISE = {
@@ -78,16 +78,10 @@ def to_sympy(e: Expr, env: dict[str, sp.Expr] | None = None):
             return a / b
         if op == "**":
             return a**b
-        if op == "%":
-            return sp.Mod(a, b)
         if op == "@":
             return _opaque("matmul")(a, b)
-        if op == "and":
-            return sp.And(a, b)
-        if op == "or":
-            return sp.Or(a, b)
-        rel = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge, "==": sp.Eq, "!=": sp.Ne}[op]
-        return rel(a, b, evaluate=False)
+        spelled = getattr(sp, BINARY_OPERATORS[op].sympy)  # %, logic and relations
+        return spelled(a, b, evaluate=False) if op in operators("compare") else spelled(a, b)
     if isinstance(e, Call):
         args = [to_sympy(a, env) for a in e.args]
         if e.fn in _ELEMENTWISE:
@@ -182,11 +176,10 @@ def from_sympy(x) -> Expr:
         (a, c), (b, _) = pieces
         return Call("where", (from_sympy(c), from_sympy(a), from_sympy(b)))
     if isinstance(x, sp.core.relational.Relational):
-        op = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">", sp.GreaterThan: ">=",
-              sp.Equality: "==", sp.Unequality: "!="}[type(x)]
+        op = next(s for s in operators("compare") if BINARY_OPERATORS[s].sympy == type(x).__name__)
         return BinOp(op, from_sympy(x.lhs), from_sympy(x.rhs))
     if isinstance(x, sp.And) or isinstance(x, sp.Or):
-        op = "and" if isinstance(x, sp.And) else "or"
+        op = next(s for s in operators("logic") if BINARY_OPERATORS[s].sympy == type(x).__name__)
         args = [from_sympy(a) for a in x.args]
         out = args[0]
         for a in args[1:]:
