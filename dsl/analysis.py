@@ -11,6 +11,7 @@ step generators (:mod:`optdisco.dsl.compiler`, :mod:`optdisco.dsl.foreach`,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 from . import runtime
@@ -45,37 +46,6 @@ def static_value(e: Expr, env: dict):
     raise Unknown
 
 
-def reachable_states(program: Program, env: dict) -> frozenset:
-    """States read by the statements this parameter can reach: if-conditions that depend only on
-    its shape, role and (uniform) hyperparameters are decided; others count both branches."""
-    names: set[str] = set()
-
-    def walk(body):
-        for s in body:
-            if isinstance(s, Assign):
-                names.update(names_in(s.value))
-                continue
-            try:
-                taken = bool(static_value(s.cond, env))
-            except (Unknown, TypeError, ValueError, ZeroDivisionError, OverflowError):
-                names.update(names_in(s.cond))
-                walk(s.then)
-                walk(s.orelse)
-                continue
-            walk(s.then if taken else s.orelse)
-
-    walk(program.body)
-    states = {s.name: s for s in program.param_states}
-    todo = [n for n in names if n in states]
-    need: set[str] = set()
-    while todo:
-        n = todo.pop()
-        if n not in need:
-            need.add(n)
-            todo.extend(x for x in names_in(states[n].init) if x in states)
-    return frozenset(need)
-
-
 def shape_env(shape: tuple[int, ...], role: str) -> dict:
     """The shape inputs (``rows``, ``cols``, …, ``is_hidden``) of a parameter of ``shape`` and ``role``."""
     rows, cols = view_shape(tuple(shape))
@@ -85,37 +55,81 @@ def shape_env(shape: tuple[int, ...], role: str) -> dict:
                                    role == "head", is_matrix and role == "hidden")))
 
 
-def reached(body, env: dict) -> Iterator[tuple[Expr, str | None]]:
-    """``(expression, target)`` of what a step evaluates for a parameter whose shape inputs are
-    ``env``, in order: each assignment's value and target, and (target ``None``) the condition of
-    each if-block that is not decided by the shape alone; a decided if-block takes its one branch."""
+@dataclass(frozen=True)
+class Branch:
+    """An if-block whose condition reads only static names: a parameter takes one of its branches."""
+
+    cond: Expr
+    then: tuple
+    orelse: tuple
+
+
+def routing(body, static: frozenset) -> tuple:
+    """A body as a parameter's routing sees it, in order: ``(expression, target)`` for what a step
+    evaluates (an assignment's value and target; with target ``None`` the condition of an
+    if-block that reads values other than ``static``, whose branches then both count, inline),
+    and a :class:`Branch` for an if-block whose condition reads only ``static`` names.
+
+    The one reachability rule: evaluation decides the branches from a parameter's shape, role
+    and uniform hyperparameters (``reached``), the exported optimizer's ``needed_states`` from
+    the shape and role alone (:func:`optdisco.dsl.compiler.generate_needed_source`)."""
+    out = []
     for st in body:
         if isinstance(st, Assign):
-            yield st.value, st.target
-            continue
-        decided = None
-        if names_in(st.cond) <= set(SHAPE_INPUTS):
-            try:
-                decided = bool(static_value(st.cond, env))
-            except Unknown:
-                decided = None
-        if decided is None:
-            yield st.cond, None
-            yield from reached(st.then, env)
-            yield from reached(st.orelse, env)
+            out.append((st.value, st.target))
+        elif names_in(st.cond) <= static:
+            out.append(Branch(st.cond, routing(st.then, static), routing(st.orelse, static)))
         else:
-            yield from reached(st.then if decided else st.orelse, env)
+            out.append((st.cond, None))
+            out.extend(routing(st.then, static))
+            out.extend(routing(st.orelse, static))
+    return tuple(out)
 
 
-def reached_states(program: Program, shape: tuple[int, ...], role: str) -> set[str]:
-    """The states (and ``"t"`` when the step count is read) that a parameter of ``shape`` and
-    ``role`` can reach; other states are never allocated for it."""
-    states = {s.name for s in program.states} | {"t"}
-    need: set[str] = set()
-    for e, target in reached(program.body, shape_env(shape, role)):
-        need.update((names_in(e) | {target}) & states)
-    deps = {s.name: names_in(s.init) & states for s in program.states}
-    deps["t"] = set()
+def reached(body, env: dict) -> Iterator[tuple[Expr, str | None]]:
+    """``(expression, target)`` of what a step evaluates for a parameter whose static inputs
+    (shape inputs, and possibly hyperparameters) are ``env``, in order: if-blocks whose
+    conditions ``env`` decides take their one branch, others count both (see ``routing``)."""
+    return _take(routing(body, frozenset(env)), env)
+
+
+def _take(nodes, env: dict):
+    for node in nodes:
+        if not isinstance(node, Branch):
+            yield node
+            continue
+        try:
+            taken = bool(static_value(node.cond, env))
+        except (Unknown, TypeError, ValueError, ZeroDivisionError, OverflowError):
+            yield node.cond, None
+            yield from _take(node.then, env)
+            yield from _take(node.orelse, env)
+            continue
+        yield from _take(node.then if taken else node.orelse, env)
+
+
+def tracked(program: Program) -> frozenset:
+    """The names routing allocates by: the states, and the step count ``t`` (a parameter whose
+    routing never reads it keeps no step counter, as torch.optim.Muon's hidden matrices)."""
+    return frozenset(s.name for s in program.states) | {"t"}
+
+
+def used(program: Program, e: Expr, target: str | None) -> frozenset:
+    """The tracked names an evaluated expression reads or its assignment writes."""
+    return (names_in(e) | {target}) & tracked(program)
+
+
+def init_deps(program: Program) -> dict[str, list[str]]:
+    """Each tracked name → the tracked names its initialiser reads (``t`` has none)."""
+    names = tracked(program)
+    deps = {s.name: sorted(names_in(s.init) & names) for s in program.states}
+    deps["t"] = []
+    return deps
+
+
+def close_over_inits(program: Program, need: set) -> set:
+    """``need`` with every state an initialiser of it reads, transitively."""
+    deps, need = init_deps(program), set(need)
     todo = list(need)
     while todo:
         for d in deps[todo.pop()]:
@@ -123,6 +137,21 @@ def reached_states(program: Program, shape: tuple[int, ...], role: str) -> set[s
                 need.add(d)
                 todo.append(d)
     return need
+
+
+def reachable_states(program: Program, env: dict) -> frozenset:
+    """The states (and ``"t"`` when the step count is read) that the statements a parameter with
+    static inputs ``env`` can reach read or write, closed over the states' initialisers; other
+    states are never allocated for that parameter."""
+    need: set[str] = set()
+    for e, target in reached(program.body, env):
+        need |= used(program, e, target)
+    return frozenset(close_over_inits(program, need))
+
+
+def reached_states(program: Program, shape: tuple[int, ...], role: str) -> set[str]:
+    """``reachable_states`` of a parameter of ``shape`` and ``role``, decided by them alone."""
+    return set(reachable_states(program, shape_env(shape, role)))
 
 
 def acts_elementwise(program: Program) -> bool:

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 
+from .analysis import Branch, init_deps, routing, used
 from .checker import CheckInfo, check
 from .primitives import BINARY_OPERATORS, GLOBAL, RANDOM, SHAPE_INPUTS
-from .program import PROBE, W_EVAL, Assign, BinOp, Call, Expr, Name, Num, Program, Stmt, Unary, names_in, walk_exprs
+from .program import PROBE, W_EVAL, Assign, BinOp, Call, Expr, Name, Num, Program, Stmt, Unary, walk_exprs
 
 INPUTS = ("w", "g", "t", "hess_diag", "rows", "cols", "ndim", "numel",
           "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
@@ -171,43 +172,30 @@ def generate_init_source(program: Program, info: CheckInfo | None = None, fn_nam
 
 
 def generate_needed_source(program: Program, info: CheckInfo | None = None, fn_name: str = "needed_states") -> str:
-    """Source of ``needed_states(v_rows, v_cols, ..., v_is_hidden) -> set``: the states (and
-    ``"t"`` when the step count is read) that the statements a parameter can reach read or write, with if-conditions on its shape and role
-    alone decided (others, which may change from step to step, count both branches), closed
-    over the states' initialisers. Other states are never allocated for that parameter."""
+    """Source of ``needed_states(v_rows, v_cols, ..., v_is_hidden) -> set``: what
+    :func:`optdisco.dsl.analysis.reachable_states` answers for a parameter's shape and role,
+    written out for the exported optimizer (which imports nothing from optdisco): the routing's
+    if-blocks on the shape and role alone are decided, others (which may change from step to
+    step) count both branches. Other states are never allocated for that parameter."""
     info = info or check(program)
     gen = _Gen(program, info)
-    # the step count t is tracked like a state: a parameter whose routing never reads it keeps
-    # no step counter (Muon's hidden matrices hold only their momentum, as torch.optim.Muon's do)
-    states = {s.name for s in program.param_states} | {"t"}
     lines = [f"def {fn_name}({', '.join(_var(n) for n in SHAPE_INPUTS)}):", "    need = set()"]
 
-    def walk(body, indent):
-        if not body:
+    def emit(nodes, indent):
+        if not nodes:
             lines.append(indent + "pass")
-        for st in body:
-            if isinstance(st, Assign):
-                used = sorted((names_in(st.value) | {st.target}) & states)
-                if used:
-                    lines.append(f"{indent}need.update({used!r})")
-                else:
-                    lines.append(indent + "pass")
-            elif names_in(st.cond) <= set(SHAPE_INPUTS):
-                lines.append(f"{indent}if R.truth({gen.expr(st.cond)}):")
-                walk(st.then, indent + "    ")
+        for node in nodes:
+            if isinstance(node, Branch):
+                lines.append(f"{indent}if R.truth({gen.expr(node.cond)}):")
+                emit(node.then, indent + "    ")
                 lines.append(f"{indent}else:")
-                walk(st.orelse, indent + "    ")
-            else:
-                used = sorted(names_in(st.cond) & states)
-                if used:
-                    lines.append(f"{indent}need.update({used!r})")
-                walk(st.then, indent)
-                walk(st.orelse, indent)
+                emit(node.orelse, indent + "    ")
+                continue
+            names = sorted(used(program, *node))
+            lines.append(f"{indent}need.update({names!r})" if names else indent + "pass")
 
-    walk(program.body, "    ")
-    deps = {s.name: sorted(names_in(s.init) & states) for s in program.param_states}
-    deps["t"] = []
-    lines += [f"    deps = {deps!r}", "    todo = list(need)", "    while todo:",
+    emit(routing(program.body, frozenset(SHAPE_INPUTS)), "    ")
+    lines += [f"    deps = {init_deps(program)!r}", "    todo = list(need)", "    while todo:",
               "        for d in deps[todo.pop()]:", "            if d not in need:",
               "                need.add(d)", "                todo.append(d)", "    return need"]
     return "\n".join(lines) + "\n"
