@@ -17,7 +17,7 @@ from typing import Iterator
 from . import runtime
 from .checker import CheckInfo
 from .layout import view_shape
-from .primitives import BINARY_OPERATORS, ELEMENTWISE, SHAPE_INPUTS
+from .primitives import BINARY_OPERATORS, ELEMENTWISE, PARAM, SHAPE_INPUTS
 from .program import Assign, BinOp, Call, Expr, Name, Num, Program, Unary, names_in, walk_exprs, walk_stmts
 
 
@@ -167,6 +167,22 @@ def acts_elementwise(program: Program) -> bool:
         if isinstance(e, BinOp) and e.op == "@":
             return False
         if isinstance(e, Name) and e.id in SHAPE_INPUTS:
+            return False
+    return True
+
+
+def splits_elementwise(program: Program, info: CheckInfo) -> bool:
+    """``acts_elementwise``, and a parameter may also be stepped in slices, each slice a step of
+    its own (the exported optimizer's CPU blocks): every state holds one value per element (a
+    scalar state would advance once per slice) and no name is a static value in one place and a
+    tensor in another (the multi-tensor step makes such a value a tensor of the whole parameter's
+    layout)."""
+    if not acts_elementwise(program) or any(t.shape != PARAM for t in info.state_types.values()):
+        return False
+    mixed = mixed_names(program, info)
+    for st in walk_stmts(program.body):
+        t = info.types.get(id(st.value)) if isinstance(st, Assign) else None
+        if t is not None and t.static and st.target in mixed:
             return False
     return True
 

@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 
 from . import optimizer_base, runtime
+from .analysis import splits_elementwise
 from .checker import check
 from .compiler import generate_init_source, generate_needed_source, generate_source
 from .foreach import SHAPE_INPUTS, generate_foreach_source
@@ -100,14 +101,6 @@ def _init_signature(program: Program) -> tuple[str, str]:
     if odd:
         body = f"{{**{{k: v for k, v in {body}.items()}}, **more}}"
     return sig, body
-
-
-def _elementwise(foreach_src: str | None) -> bool:
-    """Whether the multi-tensor step only works elementwise (never reshapes to the layout)."""
-    if not foreach_src:
-        return False
-    body = foreach_src.split("\n", 1)[1]
-    return "LAY" not in body and "SHAPES" not in body
 
 
 def _ema_decays(program: Program) -> set[str]:
@@ -289,7 +282,7 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
         f"    RANDOM = {program.uses_random!r}",
         f"    USES_PROBE = {program.uses_probe!r}",
         f"    EVAL_WEIGHTS = {program.has_eval_weights!r}",
-        f"    ELEMENTWISE = {_elementwise(foreach_src)!r}",
+        f"    ELEMENTWISE = {foreach_src is not None and splits_elementwise(program, info)!r}",
         f"    DECAYS = frozenset({sorted(_ema_decays(program))!r})",
         "    _needed_states = staticmethod(needed_states)",
         "    _init_state = staticmethod(init_state)",
