@@ -16,7 +16,7 @@ from typing import Iterator
 
 from . import runtime
 from .checker import CheckInfo
-from .layout import view_shape
+from .layout import shape_info
 from .primitives import BINARY_OPERATORS, ELEMENTWISE, PARAM, SHAPE_INPUTS
 from .program import Assign, BinOp, Call, Expr, Name, Num, Program, Unary, names_in, walk_exprs, walk_stmts
 
@@ -48,11 +48,7 @@ def static_value(e: Expr, env: dict):
 
 def shape_env(shape: tuple[int, ...], role: str) -> dict:
     """The shape inputs (``rows``, ``cols``, …, ``is_hidden``) of a parameter of ``shape`` and ``role``."""
-    rows, cols = view_shape(tuple(shape))
-    ndim = len(shape)
-    is_matrix = ndim >= 2
-    return dict(zip(SHAPE_INPUTS, (rows, cols, ndim, rows * cols, is_matrix, not is_matrix, role == "embedding",
-                                   role == "head", is_matrix and role == "hidden")))
+    return dict(zip(SHAPE_INPUTS, shape_info(tuple(shape), role)))
 
 
 @dataclass(frozen=True)

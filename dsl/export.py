@@ -25,13 +25,13 @@ import itertools
 import keyword
 import linecache
 import re
-from pathlib import Path
 
-from . import optimizer_base, runtime
+from . import layout, optimizer_base, runtime
 from .analysis import splits_elementwise
 from .checker import check
 from .compiler import generate_init_source, generate_needed_source, generate_source
-from .foreach import SHAPE_INPUTS, generate_foreach_source
+from .foreach import generate_foreach_source
+from .layout import SHAPE_INPUTS
 from .hoist import generate_hoisted_source
 from .primitives import PARAM
 from .program import GLOBAL, Call, Name, Program, walk_exprs
@@ -62,8 +62,10 @@ def _docstring(text: str, indent: str = "") -> str:
 
 
 def _source_without_future(module) -> str:
+    """A module's source for a standalone file: without ``from __future__`` and without imports
+    from optdisco's own modules (the file carries copies of them)."""
     src = inspect.getsource(module)
-    return re.sub(r"^from __future__ import [^\n]*\n", "", src, flags=re.M)
+    return re.sub(r"^from (__future__|\.\w*) import [^\n]*\n", "", src, flags=re.M)
 
 
 def _indent(src: str, pad: str = "    ") -> str:
@@ -259,6 +261,12 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
             "",
         ]
     parts += [
+        "",
+        "# " + "-" * 94,
+        "# The parameter layout: a copy of optdisco.dsl.layout.",
+        "# " + "-" * 94,
+        _source_without_future(layout).strip("\n"),
+        "",
         "",
         "# " + "-" * 94,
         "# The optimizer machinery: a copy of optdisco.dsl.optimizer_base.",

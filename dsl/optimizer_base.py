@@ -1,7 +1,8 @@
 """The torch.optim.Optimizer that runs a compiled optdisco program.
 
-This module imports only ``math`` and ``torch``: every exported optimizer file carries a copy of
-it next to a copy of the runtime and the program's generated step functions, and
+This module imports only ``math``, ``torch`` and :mod:`optdisco.dsl.layout` (the parameter layout
+it shares with evaluation, which imports only ``math``): every exported optimizer file carries a
+copy of both next to a copy of the runtime and the program's generated step functions, and
 ``optdisco.dsl.to_optimizer`` runs that same generated module, so the two cannot drift apart.
 
 An exported class sets the class attributes below (``PROGRAM`` ... ``_step_foreach``) and
@@ -65,9 +66,7 @@ import math
 
 import torch
 
-ROLES = ("hidden", "embedding", "head", "vector")
-# The static per-parameter inputs of a step function, in its argument order.
-SHAPE_INPUTS = ("rows", "cols", "ndim", "numel", "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
+from .layout import ROLES, SHAPE_INPUTS, from_step_state, shape_info, to_step_state
 STEP_KEY = "step"
 SEED_KEY = "seed"
 GLOBAL_KEY = "global_state"  # a parameter group's model-wide states
@@ -143,13 +142,6 @@ def _input_order(inputs, p, g, hd, SC, st):
 
 def _shares_storage(a, b):
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
-def _layout(shape):
-    """Rows and columns of a parameter's 2-D view: (d0, d1·d2·…); a vector is n × 1."""
-    if len(shape) == 0:
-        return 1, 1
-    return int(shape[0]), int(math.prod(shape[1:]))
 
 
 def _check_hyper(name, value, decays):
@@ -337,27 +329,15 @@ class ProgramOptimizer(torch.optim.Optimizer):
         hit = self._infos.get(p)
         if hit is not None and hit[0] == shape and hit[1] == role:
             return hit[2]
-        rows, cols = _layout(tuple(shape))
-        ndim = len(shape)
-        r = role or ("hidden" if ndim >= 2 else "vector")
-        is_matrix = ndim >= 2
-        info = (rows, cols, ndim, rows * cols, is_matrix, not is_matrix, r == "embedding", r == "head",
-                is_matrix and r == "hidden")
+        info = shape_info(tuple(shape), role)
         self._infos[p] = (shape, role, info)
         return info
 
     def _to_program(self, state, lay):
         """The step function's view of a parameter's state (member layout [1, R, C])."""
-        out = {}
-        for n in self.STATE_NAMES:
-            k = self._keys[n]
-            if k in state:
-                v = state[k]
-                out[n] = v.reshape(lay) if n in self.PARAM_STATES else v.unsqueeze(0)
-        for k, v in state.items():  # quantized parts, stored as the runtime wrote them
-            if "." in k:
-                out[k] = v
-        return out
+        named = {n: state[self._keys[n]] for n in self.STATE_NAMES if self._keys[n] in state}
+        named.update((k, v) for k, v in state.items() if "." in k)  # quantized parts
+        return to_step_state(named, lay, self.PARAM_STATES)
 
     def _present(self, state):
         """The program states allocated for a parameter (quantized ones are stored as 'name.part')."""
@@ -365,14 +345,14 @@ class ProgramOptimizer(torch.optim.Optimizer):
         return {n for n in self.STATE_NAMES if self._keys[n] in state or n in parts}
 
     def _from_program(self, new_state, p, state):
-        for n, v in new_state.items():
+        """The step function's new state stored in ``state`` (the parameter's own shape or 2-D)."""
+        for n, v in from_step_state(new_state, p.shape, self.PARAM_STATES).items():
             if "." in n:
                 state[n] = v
                 continue
             if not isinstance(v, torch.Tensor):
                 v = torch.full((1, 1), float(v), dtype=p.dtype, device=p.device)
             if n in self.PARAM_STATES:
-                v = v.reshape(p.shape)
                 if _shares_storage(v, p) or (p.grad is not None and _shares_storage(v, p.grad)):
                     v = v.clone()  # a state set to w (or g) itself: the step writes p in place next
                 state[self._keys[n]] = v

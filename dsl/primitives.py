@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from .layout import ROLES, SHAPE_INPUTS  # noqa: F401  (re-exported)
+
 Shape = tuple[str, str]
 SCALAR: Shape = ("1", "1")
 PARAM: Shape = ("r", "c")
@@ -388,9 +390,8 @@ INPUT_DOCS = {
     "is_head": "the parameter is the output layer (its role)",
     "is_hidden": "a matrix that is neither embedding nor head: where Muon-style rules apply",
 }
-ROLES = ("hidden", "embedding", "head", "vector")
-SHAPE_INPUTS = ("rows", "cols", "ndim", "numel", "is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden")
-"""Inputs that describe the parameter (its shape and role) rather than its values."""
+# ROLES and SHAPE_INPUTS (inputs that describe the parameter, its shape and role, rather than its
+# values) are defined with the parameter layout, which the exported optimizer carries a copy of.
 
 
 def families() -> dict[str, list[str]]:

@@ -20,8 +20,8 @@ from . import runtime
 from .analysis import acts_elementwise, reachable_states
 from .checker import check
 from .compiler import generate_source
-from .layout import default_role, view_shape
-from .primitives import PARAM, ROLES
+from .layout import ROLES, SHAPE_INPUTS, default_role, from_step_state, shape_info, to_step_state
+from .primitives import PARAM
 from .program import Program
 
 
@@ -207,48 +207,28 @@ class StepFunction:
             raise ValueError("this program reads hess_diag: pass hess_diag=<Hutchinson estimate>")
         shape = tuple(w.shape[1:]) if batched else tuple(w.shape)
         members = int(w.shape[0]) if batched else 1
-        rows, cols = view_shape(shape)
         role = role or default_role(shape)
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; use one of {ROLES}")
-        lay = (members, rows, cols)
+        info = shape_info(shape, role)
+        lay = (members, info[0], info[1])
         W, G = w.reshape(lay), g.reshape(lay)
         HD = hess_diag.reshape(lay) if hess_diag is not None else None
         first = not state
-        S = {}
-        if not first:
-            for k, v in state.items():
-                if k in self.param_states:
-                    S[k] = v.reshape(lay)
-                elif not batched and isinstance(v, torch.Tensor) and v.dim() >= 2 and "." not in k:
-                    S[k] = v.unsqueeze(0)
-                else:
-                    S[k] = v
+        S = {} if first else to_step_state(state, lay, self.param_states, batched)
         H = self.hyper_values(hyper, members if batched else None, w)
-        ndim = len(shape)
-        is_matrix = ndim >= 2
-        flags = (is_matrix, not is_matrix, role == "embedding", role == "head", is_matrix and role == "hidden")
         key = (shape, role, tuple(v for v in H.values() if not isinstance(v, torch.Tensor)))
         need = self._need.get(key)
         if need is None:
             env = {k: v for k, v in H.items() if not isinstance(v, torch.Tensor)}
-            env.update(zip(("rows", "cols", "ndim", "numel"), (rows, cols, ndim, rows * cols)))
-            env.update(zip(("is_matrix", "is_vector", "is_embedding", "is_head", "is_hidden"), flags))
+            env.update(zip(SHAPE_INPUTS, info))
             need = self._need[key] = reachable_states(self.program, env)
         seeds = _seed_tensor(seed, members, w.device) if self.uses_random else None
-        return (S, H, first, W, G, t, HD, rows, cols, ndim, rows * cols, *flags), dict(need=need, seed=seeds)
+        return (S, H, first, W, G, t, HD, *info), dict(need=need, seed=seeds)
 
     def _finish(self, w, new_w, new_s, batched):
         """The step's results in the caller's layout."""
-        out_state = {}
-        for k, v in new_s.items():
-            if k in self.param_states:
-                out_state[k] = v.reshape(w.shape)
-            elif not batched and isinstance(v, torch.Tensor) and v.dim() >= 3 and "." not in k:
-                out_state[k] = v.squeeze(0)
-            else:
-                out_state[k] = v
-        return new_w.reshape(w.shape), out_state
+        return new_w.reshape(w.shape), from_step_state(new_s, w.shape, self.param_states, batched)
 
 
 def _seed_tensor(seed, members: int, device) -> torch.Tensor:
