@@ -42,32 +42,26 @@ def shape_info(shape, role=None):
 
 def to_step_state(state, lay, param_states, batched=False):
     """A parameter's stored state as the step function reads it: states in ``param_states``
-    reshaped to ``lay`` ([M, R, C]); without members (``batched=False``) the 2-D other tensors gain the
-    member dimension; quantized parts as they are."""
-    out = {}
-    for k, v in state.items():
-        if "." in k:
-            out[k] = v
-        elif k in param_states:
-            out[k] = v.reshape(lay)
-        elif not batched and hasattr(v, "dim") and v.dim() >= 2:
-            out[k] = v.unsqueeze(0)
-        else:
-            out[k] = v
-    return out
+    reshaped to ``lay`` ([M, R, C]); without members (``batched=False``) the 2-D other tensors
+    gain the member dimension; quantized parts as they are."""
+    return _restate(state, lay, param_states, batched, lambda v: v.unsqueeze(0) if v.dim() >= 2 else v)
 
 
 def from_step_state(new_state, shape, param_states, batched=False):
     """The step function's new state as it is stored: ``param_states`` in the parameter's
     ``shape``, the others in their 2-D form (with the member dimension when ``batched``)."""
+    return _restate(new_state, shape, param_states, batched, lambda v: v.squeeze(0) if v.dim() >= 3 else v)
+
+
+def _restate(state, shape, param_states, batched, other):
     out = {}
-    for k, v in new_state.items():
+    for k, v in state.items():
         if "." in k:
             out[k] = v
         elif k in param_states:
             out[k] = v.reshape(shape)
-        elif not batched and hasattr(v, "dim") and v.dim() >= 3:
-            out[k] = v.squeeze(0)
+        elif not batched and hasattr(v, "dim"):
+            out[k] = other(v)
         else:
             out[k] = v
     return out

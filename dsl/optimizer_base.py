@@ -140,6 +140,14 @@ def _input_order(inputs, p, g, hd, SC, st):
     return None if any(o is None for o in order) else tuple(order)
 
 
+def _advance(state):
+    """The step number of this step: the parameter's count, advanced (1 where none is kept)."""
+    if STEP_KEY not in state:
+        return 1
+    state[STEP_KEY] += 1
+    return int(state[STEP_KEY].item())
+
+
 def _shares_storage(a, b):
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
@@ -439,10 +447,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
     def _run_per_tensor(self, entries, hyper):
         step = type(self)._step_tensor
         for p, g, state, info, hd in entries:
-            t = 1
-            if STEP_KEY in state:
-                state[STEP_KEY] += 1
-                t = int(state[STEP_KEY].item())
+            t = _advance(state)
             lay = (1, info[0], info[1])
             S = self._to_program(state, lay)
             w_in = p.reshape(lay)
@@ -464,10 +469,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
         stored = group.get(GLOBAL_KEY)
         steps, inputs = [], []
         for p, g, state, info, hd in entries:
-            t = 1
-            if STEP_KEY in state:
-                state[STEP_KEY] += 1
-                t = int(state[STEP_KEY].item())
+            t = _advance(state)
             lay = (1, info[0], info[1])
             gstate = None
             if stored is not None:
@@ -558,10 +560,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
         statics, step = type(self)._statics, type(self)._step_hoisted
         tables = {}  # parameters with the same static values share one tensor (one copy to a GPU)
         for p, g, state, info, hd in entries:
-            t = 1
-            if STEP_KEY in state:
-                state[STEP_KEY] += 1
-                t = int(state[STEP_KEY].item())
+            t = _advance(state)
             numbers, conds = statics(hyper, t, *info)
             sdtype = torch.float64 if p.dtype == torch.float64 else torch.float32
             SC = tables.get((p.device, sdtype, tuple(numbers)))
