@@ -26,7 +26,7 @@ DEFAULT = "mlp"
 # Loaded on first use (see optdisco.dsl.lazy): the command line imports optdisco.proxies.cli,
 # and `optdisco --help` should not wait for torch.
 _EXPORTS = {
-    **dict.fromkeys(("ROLES", "SIZES", "PoolTask", "Task", "batched_cross_entropy", "batched_mse", "epoch_indices",
+    **dict.fromkeys(("SIZES", "PoolTask", "Task", "batched_cross_entropy", "batched_mse", "epoch_indices",
                      "generator", "mix", "seed_list"), ".base"),
     **dict.fromkeys(("get", "names", "register"), ".registry"),
     **dict.fromkeys(("HELDOUT", "SUITE"), ".suites"),
@@ -37,7 +37,7 @@ BUILTIN = ("quadratic", "mlp", "memory", "digits", "lm",  # the first tasks
 """The modules of the built-in tasks; importing one registers its task."""
 
 __all__ = [
-    "DEFAULT", "HELDOUT", "PoolTask", "ROLES", "SIZES", "SUITE", "Task", "batched_cross_entropy", "batched_mse",
+    "DEFAULT", "HELDOUT", "PoolTask", "SIZES", "SUITE", "Task", "batched_cross_entropy", "batched_mse",
     "epoch_indices", "generator", "get", "mix", "names", "register", "seed_list",
 ]
 

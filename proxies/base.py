@@ -30,8 +30,6 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.func import functional_call, vmap
 
-from optdisco.dsl.primitives import ROLES  # parameter roles: what a program's is_hidden, is_embedding, is_head read
-
 SIZES = ("proxy", "target")
 """A proxy runs in seconds on a laptop CPU; a target in minutes there, and is meant for a GPU."""
 
@@ -250,7 +248,8 @@ class Task:
         return dict(self._shapes)
 
     def roles(self) -> dict[str, str]:
-        """Role of each parameter, one of ``ROLES``."""
+        """Role of each parameter: ``"hidden"``, ``"embedding"``, ``"head"`` or ``"vector"`` (the roles a
+        step function takes, ``optdisco.dsl.layout.ROLES``; a task names them, it does not import them)."""
         return default_roles(self._template)
 
     def num_params(self) -> int:

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from optdisco import proxies
-from optdisco.proxies import ROLES, Task, epoch_indices, generator, mix, register
+from optdisco.dsl.layout import ROLES
+from optdisco.proxies import Task, epoch_indices, generator, mix, register
 from optdisco.proxies import registry as registry_module
 
 BUILTIN = ["quadratic", "mlp", "memory", "digits", "lm", "tanhnet", "autoencoder", "gru"]

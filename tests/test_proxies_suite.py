@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from optdisco import proxies
-from optdisco.proxies import ROLES, Task, epoch_indices
+from optdisco.dsl.layout import ROLES
+from optdisco.proxies import Task, epoch_indices
 
 SUITE = ["rnn", "attention", "deepnet", "denoise"]
 
