@@ -3,9 +3,11 @@ step generators (:mod:`optdisco.dsl.compiler`, :mod:`optdisco.dsl.foreach`,
 :mod:`optdisco.dsl.hoist`), the step module and the memory and cost estimates share.
 
 - ``static_value``: an expression's value from static inputs alone (shape, role, hyperparameters);
-- routing: which statements a parameter reaches (``reached``) and which states it needs
-  (``reachable_states``, ``reached_states``);
-- ``acts_elementwise``: whether parameters may be updated concatenated;
+- routing: a body read once (``routing``), the statements a parameter reaches (``reached``) and
+  the states it needs (``reachable_states``, ``reached_states``; the exported ``needed_states``
+  is written out from the same ``routing``);
+- ``acts_elementwise``: whether parameters may be updated concatenated, the one elementwise
+  test (``splits_elementwise`` adds what stepping one parameter in slices needs);
 - ``mixed_names``: names given a static value in one place and a tensor in another.
 """
 
