@@ -96,6 +96,21 @@ class _Gen:
                     self.lines.append(f"{indent}else:")
                     self.stmts(s.orelse, indent + "    ")
 
+    def hyper_lines(self) -> list[str]:
+        """The function's first lines: each hyperparameter read from ``hyper``."""
+        return [f"    {_var(h.name)} = hyper[{h.name!r}]" for h in self.p.hypers]
+
+    def init_code(self, s) -> str:
+        """A per-parameter state's first value, in the member layout."""
+        return f"R.as_state({self.expr(s.init)}, v_w)"
+
+    @staticmethod
+    def store_line(s, dest: str) -> str:
+        """The statement that stores state ``s`` (its variable) into the dict ``dest``."""
+        if s.storage == "float":
+            return f"{dest}[{s.name!r}] = {_var(s.name)}"
+        return f"R.q_store({dest}, {s.name!r}, {_var(s.name)}, {s.storage!r})"
+
     def source(self, fn_name: str = "step") -> str:
         p = self.p
         wide = p.model_wide
@@ -107,8 +122,7 @@ class _Gen:
             # a generator (see R.lockstep): it yields its share of each model-wide reduction and
             # receives the total; ``gstate`` holds the global states (None at the first step)
             L.append("    yield from ()")
-        for h in p.hypers:
-            L.append(f"    {_var(h.name)} = hyper[{h.name!r}]")
+        L += self.hyper_lines()
         for s in p.global_states:
             L.append(f"    {_var(s.name)} = R.as_global({self.expr(s.init)}, v_w) if gstate is None else gstate[{s.name!r}]")
         # ``need`` names the states this parameter's routing can reach; the others are never
@@ -118,9 +132,8 @@ class _Gen:
                 load = f"state[{s.name!r}]"
             else:
                 load = f"R.q_load(state, {s.name!r}, {s.storage!r})"
-            init = f"R.as_state({self.expr(s.init)}, v_w)"
             L.append(f"    if need is None or {s.name!r} in need:")
-            L.append(f"        {_var(s.name)} = {init} if first else {load}")
+            L.append(f"        {_var(s.name)} = {self.init_code(s)} if first else {load}")
             L.append("    else:")
             L.append(f"        {_var(s.name)} = None")
         if p.has_eval_weights:  # the weights to evaluate: from w and the states as a step left them
@@ -131,10 +144,7 @@ class _Gen:
         L.append("    new_state = {}")
         for s in p.param_states:
             L.append(f"    if {_var(s.name)} is not None:")
-            if s.storage == "float":
-                L.append(f"        new_state[{s.name!r}] = {_var(s.name)}")
-            else:
-                L.append(f"        R.q_store(new_state, {s.name!r}, {_var(s.name)}, {s.storage!r})")
+            L.append("        " + self.store_line(s, "new_state"))
         if wide:
             pairs = ", ".join(f"{s.name!r}: {_var(s.name)}" for s in p.global_states)
             L.append(f"    return v_w, new_state, {{{pairs}}}")
@@ -157,16 +167,12 @@ def generate_init_source(program: Program, info: CheckInfo | None = None, fn_nam
     info = info or check(program)
     gen = _Gen(program, info)
     lines = [f"def {fn_name}({', '.join(['hyper'] + [_var(n) for n in INPUTS] + ['need'])}):"]
-    for h in program.hypers:
-        lines.append(f"    {_var(h.name)} = hyper[{h.name!r}]")
+    lines += gen.hyper_lines()
     lines.append("    state = {}")
     for s in program.param_states:  # global states live with the parameter group
         lines.append(f"    if {s.name!r} in need:")
-        lines.append(f"        {_var(s.name)} = R.as_state({gen.expr(s.init)}, v_w)")
-        if s.storage == "float":
-            lines.append(f"        state[{s.name!r}] = {_var(s.name)}")
-        else:
-            lines.append(f"        R.q_store(state, {s.name!r}, {_var(s.name)}, {s.storage!r})")
+        lines.append(f"        {_var(s.name)} = {gen.init_code(s)}")
+        lines.append("        " + gen.store_line(s, "state"))
     lines.append("    return state")
     return "\n".join(lines) + "\n"
 

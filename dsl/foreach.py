@@ -583,8 +583,7 @@ class _ForeachGen:
         p = self.p
         args = ["P", "S", "G", "HD", "hyper", "v_t"] + [_var(n) for n in SHAPE_INPUTS] + ["LAY", "SHAPES", "scratch"]
         self.lines = [f"def {fn_name}({', '.join(args)}):"]
-        for h in p.hypers:
-            self.emit(f"{_var(h.name)} = hyper[{h.name!r}]")
+        self.lines += self.scalar_gen.hyper_lines()
         self.kinds.update(P="param", G="input", HD="input", L_w="frozen")
         self.env["w"] = _Op("vec", "P", abufs=frozenset({"P"}))
         self.env["g"] = _Op("vec", "G", abufs=frozenset({"G"}))

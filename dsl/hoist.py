@@ -108,7 +108,7 @@ class _Hoist(_Gen):
         p = self.p
         self.body(p.body, "    ")
         head = [f"def {statics_name}({', '.join(['hyper', 'v_t'] + [_var(n) for n in SHAPE_INPUTS])}):"]
-        head += [f"    {_var(h.name)} = hyper[{h.name!r}]" for h in p.hypers]
+        head += self.hyper_lines()
         head += [f"    S = [0.0] * {len(self.numbers)}", f"    B = [False] * {len(self.bools)}"]
         statics = head + self.static_lines + ["    return S, B"]
         step = [f"def {step_name}(state, SC, B, v_w, v_g, v_hess_diag):"]
