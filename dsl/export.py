@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import ast
 import functools
-import importlib.util
 import inspect
-import itertools
 import keyword
-import linecache
 import re
 
 from . import layout, optimizer_base, runtime
@@ -36,7 +33,7 @@ from .hoist import generate_hoisted_source
 from .primitives import PARAM
 from .program import GLOBAL, Call, Name, Program, walk_exprs
 from .resolve import resolve_program
-from .step import SourceLoader
+from .step import load_module
 
 _RESERVED = {"self", "params", "compile", "foreach", "seed", "role", "defaults"}
 
@@ -311,20 +308,9 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
     return source
 
 
-_counter = itertools.count()
-
-
 @functools.lru_cache(maxsize=128)
 def _optimizer_class(program: Program, doc: str, class_name: str):
-    source = export_python(program, class_name)
-    name = f"optdisco_exported_{next(_counter)}"
-    loader = SourceLoader(source)
-    spec = importlib.util.spec_from_loader(name, loader)
-    module = importlib.util.module_from_spec(spec)
-    # tracebacks and inspect show the generated code
-    filename = loader.get_filename(name)
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    loader.exec_module(module)
+    module = load_module(export_python(program, class_name), "optdisco_exported", show=True)
     cls = getattr(module, class_name)
     cls._REBUILD = _rebuild  # its module cannot be imported: pickle rebuilds it from the program's text
     return cls

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import itertools
+import linecache
 from typing import Mapping
 
 import torch
@@ -41,14 +42,24 @@ class SourceLoader(importlib.abc.SourceLoader):
 _counter = itertools.count()
 
 
-def load_step(source: str):
-    name = f"optdisco_step_{next(_counter)}"
-    module_source = "from optdisco.dsl import runtime as R\n\n" + source
-    loader = SourceLoader(module_source)
+def load_module(source: str, prefix: str = "optdisco_step", show: bool = False):
+    """A fresh module run from generated ``source`` (named ``prefix_<n>``). ``show``: tracebacks
+    and inspect show its code (kept in linecache for the life of the process, so only for
+    modules that are cached, as export's classes are)."""
+    name = f"{prefix}_{next(_counter)}"
+    loader = SourceLoader(source)
     spec = importlib.util.spec_from_loader(name, loader)
     module = importlib.util.module_from_spec(spec)
+    if show:
+        filename = loader.get_filename(name)
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     loader.exec_module(module)
-    return module.step
+    return module
+
+
+def load_step(source: str):
+    """The step function of per-tensor step ``source``, calling :mod:`optdisco.dsl.runtime`."""
+    return load_module("from optdisco.dsl import runtime as R\n\n" + source).step
 
 
 class StepFunction:
