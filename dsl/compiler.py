@@ -26,7 +26,7 @@ import torch
 
 from . import runtime
 from .checker import CheckInfo, check
-from .primitives import ELEMENTWISE, GLOBAL, PARAM, RANDOM, ROLES, SHAPE_INPUTS
+from .primitives import ELEMENTWISE, GLOBAL, MODE, PARAM, RANDOM, ROLES, SHAPE_INPUTS
 from .program import PROBE, W_EVAL, Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary, names_in, walk_exprs
 
 INPUTS = ("w", "g", "t", "hess_diag", "rows", "cols", "ndim", "numel",
@@ -92,6 +92,8 @@ class _Gen:
             if e.fn in GLOBAL:  # a model-wide value: this parameter's share goes out, the total comes back
                 op = e.fn[len("global_"):]
                 return f"R.global_value((yield ({op!r}, R.global_part({op!r}, {args}))), v_w)"
+            if e.fn in MODE:  # the parameter's real shape rides in v_ndim (runtime.Ndim)
+                return f"R.{e.fn}({args}, v_ndim)"
             return f"R.{e.fn}({args})"
         raise TypeError(f"cannot compile {e!r}")  # pragma: no cover
 
@@ -457,7 +459,7 @@ class StepFunction:
                 else:
                     S[k] = v
         H = self.hyper_values(hyper, members if batched else None, w)
-        ndim = len(shape)
+        ndim = runtime.Ndim(shape)  # an int that carries the dimensions for the per-mode primitives
         is_matrix = ndim >= 2
         flags = (is_matrix, not is_matrix, role == "embedding", role == "head", is_matrix and role == "hidden")
         key = (shape, role, tuple(v for v in H.values() if not isinstance(v, torch.Tensor)))

@@ -31,7 +31,7 @@ from typing import Iterator
 
 from .checker import check
 from .compiler import _static_value, _Unknown, view_shape
-from .primitives import SHAPE_INPUTS
+from .primitives import SHAPE_INPUTS, mode_sizes
 from .program import Assign, Expr, Name, Program, names_in, walk_exprs
 from .runtime import Q_BLOCK, Q_MIN_NUMEL
 
@@ -109,8 +109,8 @@ def reached_states(program: Program, shape: tuple[int, ...], role: str) -> set[s
     return need
 
 
-def _numel(sym: tuple[str, str], rows: int, cols: int) -> int:
-    size = {"1": 1, "r": rows, "c": cols}
+def _numel(sym: tuple[str, str], rows: int, cols: int, shape: tuple[int, ...] = ()) -> int:
+    size = {"1": 1, "r": rows, "c": cols, **mode_sizes(shape)}
     return size[sym[0]] * size[sym[1]]
 
 
@@ -123,7 +123,7 @@ def param_state_bytes(program: Program, shape: tuple[int, ...], role: str, eleme
     for s in program.param_states:  # global states live in the parameter group: 0 per element
         if s.name not in need:
             continue
-        n = _numel(info.state_types[s.name].shape, rows, cols)
+        n = _numel(info.state_types[s.name].shape, rows, cols, shape)
         if s.storage != "float" and n >= Q_MIN_NUMEL:
             total += n + math.ceil(n / Q_BLOCK) * element_size
         else:
