@@ -332,7 +332,7 @@ def soap_shared_degenerate_eigenbasis(monkeypatch):
 
 @pytest.mark.parametrize("f", [10, 3])
 @pytest.mark.parametrize("wd", [0.0, 0.01])
-@pytest.mark.parametrize("shape", [(11,), (6, 6), (5, 7), SHAPES["4d"]])
+@pytest.mark.parametrize("shape", [(11,), (6, 6), (5, 7), SHAPES["4d"], (4, 3, 5), (3, 1, 2, 2)])
 def test_soap_matches_pytorch_optimizer(float64_soap_qr, soap_shared_degenerate_eigenbasis, shape, wd, f):
     """Where the first gradient's view is not square (here (5, 7) and the 4-D tensor's (4, 12) view),
     Gᵀ·G (or G·Gᵀ) is singular: its null space, of dimension |rows − cols|, is an eigenspace of
@@ -344,14 +344,17 @@ def test_soap_matches_pytorch_optimizer(float64_soap_qr, soap_shared_degenerate_
     when its own null-space basis is turned by the same angle; see the test after this one). So the
     reference keeps its own eigenbasis except inside a degenerate eigenspace, where it is given the
     program's basis of the same subspace; everything after the first eigh is then compared at 1e-13,
-    and the replaced eigenspaces must be exactly the null spaces."""
+    and the replaced eigenspaces must be exactly the null spaces. Tensors of order 3 and 4 are compared
+    as they are, one basis per mode (the reference's per-mode form); here every mode's unfolding has
+    full row rank, so nothing is replaced."""
     w0, gs = case(shape)
     hyper = {"wd": wd, "f": f}
     ours = run_program(library.load("soap"), w0, gs, hyper)
     _, s1 = compile_program(library.load("soap"))(w0.clone(), gs[0].clone(), None, hyper, 1)
-    soap_shared_degenerate_eigenbasis["bases"] = [s1["QL"], s1["QR"]] if len(shape) > 1 else None
-    ref = run_reference_on_view(soap_ref(wd, f), w0, gs)
-    rows, cols = view2d(shape) if len(shape) > 1 else (1, 1)
+    bases = {1: None, 2: ["QL", "QR"]}.get(len(shape), ["QL", "Q1", "Q2", "Q3"][:len(shape)])
+    soap_shared_degenerate_eigenbasis["bases"] = bases and [s1[n] for n in bases]
+    ref = run_reference(soap_ref(wd, f), w0, gs)
+    rows, cols = shape if len(shape) == 2 else (1, 1)
     assert soap_shared_degenerate_eigenbasis["replaced"] == ([abs(rows - cols)] if rows != cols else [])
     assert max_abs_diff(ours, ref) < 1e-13
 
@@ -423,11 +426,14 @@ def test_soap_invariants_where_the_first_eigenbasis_is_not_unique():
         torch.testing.assert_close(s["QL"].mT @ s["QL"], torch.eye(7, dtype=F64), rtol=0, atol=1e-13)
 
 
-def test_soap_order_four_tensors_use_the_matrix_view(float64_soap_qr):
-    """Documented difference: the official code rotates every mode of a 4-D tensor
-    (pytorch_optimizer on the 4-D tensor); this program rotates its rows × rest view."""
-    w0, gs = case(SHAPES["4d"])
+def test_soap_order_five_tensors_use_the_matrix_view(float64_soap_qr):
+    """Documented: past 4 dimensions the program rotates the rows × rest view (exactly what it does
+    to that view as a matrix), where the official code rotates every mode."""
+    shape = (3, 2, 2, 1, 2)
+    w0, gs = case(shape, steps=12)
     ours = run_program(library.load("soap"), w0, gs, {"f": 3})
+    on_view = run_program(library.load("soap"), w0.reshape(3, 8), [g.reshape(3, 8) for g in gs], {"f": 3})
+    assert max_abs_diff(ours, [x.reshape(shape) for x in on_view]) == 0
     assert max_abs_diff(ours, run_reference(soap_ref(0.01, 3), w0, gs)) > 1e-4
 
 
@@ -663,4 +669,23 @@ def test_members_batched_equal_separate_runs(name, shape, role):
         wi, si = w0.clone(), None
         for t, g in enumerate(grads, 1):
             wi, si = fn(wi, g[i], si, {**hyper, "lr": float(lrs[i])}, t, role=role)
+        torch.testing.assert_close(wb[i], wi, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, hyper", [("shampoo", {"k": 2}), ("soap", {"f": 3})])
+@pytest.mark.parametrize("shape", [(3, 2, 2, 2), (3, 4, 2)])
+def test_per_mode_members_batched_equal_separate_runs(name, hyper, shape):
+    """The per-mode rules of tensors of order 3 and 4 also run a grid of members in one call."""
+    fn = compile_program(library.load(name))
+    lrs = torch.tensor([1e-3, 3e-3, 1e-2], dtype=F64)
+    w0 = initial_param(shape)
+    grads = gradient_sequence((3,) + shape, 8)
+    wb, sb = w0.expand((3,) + shape).clone(), None
+    for t, g in enumerate(grads, 1):
+        wb, sb = fn(wb, g, sb, {**hyper, "lr": lrs}, t, batched=True)
+    assert sb["Q2" if name == "soap" else "P2"].shape == (3, shape[2], shape[2])
+    for i in range(3):
+        wi, si = w0.clone(), None
+        for t, g in enumerate(grads, 1):
+            wi, si = fn(wi, g[i], si, {**hyper, "lr": float(lrs[i])}, t)
         torch.testing.assert_close(wb[i], wi, rtol=0, atol=1e-12)
