@@ -320,6 +320,7 @@ class StepFunction:
         self.uses_hess_diag = program.uses_hess_diag
         self.uses_random = program.uses_random
         self.uses_probe = program.uses_probe
+        self.uses_modes = program.uses_modes
         self.has_eval_weights = program.has_eval_weights
         self.elementwise = acts_elementwise(program)
         self.param_states = {n for n, t in self.info.state_types.items() if t.shape == PARAM}
@@ -459,7 +460,8 @@ class StepFunction:
                 else:
                     S[k] = v
         H = self.hyper_values(hyper, members if batched else None, w)
-        ndim = runtime.Ndim(shape)  # an int that carries the dimensions for the per-mode primitives
+        # per-mode primitives read the dimensions from ndim: an int that carries them (runtime.Ndim)
+        ndim = runtime.Ndim(shape) if self.uses_modes else len(shape)
         is_matrix = ndim >= 2
         flags = (is_matrix, not is_matrix, role == "embedding", role == "head", is_matrix and role == "hidden")
         key = (shape, role, tuple(v for v in H.values() if not isinstance(v, torch.Tensor)))

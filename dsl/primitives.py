@@ -4,8 +4,9 @@ Every value has a type: a kind (``num`` or ``bool``), a symbolic shape of the pa
 view and whether it is *static* (known before the step runs: constants, hyperparameters, ``t``
 and the parameter's shape). The 2-D view of a parameter of shape ``(d0, d1, ...)`` is
 ``rows × cols = d0 × (d1·d2·…)``; a vector ``(n,)`` is ``n × 1``; a scalar parameter ``1 × 1``.
-A shape is a pair of symbols from ``"1"``, ``"r"`` (rows) and ``"c"`` (cols); ``("1", "1")`` is
-a scalar.
+A shape is a pair of symbols from ``"1"``, ``"r"`` (rows) and ``"c"`` (cols), and ``"d1"``–``"d3"``
+(the sizes of modes 1–3 of the parameter's real shape, for the per-mode primitives at the end);
+``("1", "1")`` is a scalar.
 """
 
 from __future__ import annotations
