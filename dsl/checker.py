@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .errors import DSLError
 from .parser import KEYWORDS, MAX_CONSTANT
 from .primitives import GLOBAL as GLOBAL_FNS
+from .primitives import MAX_MODES, MODE, mode_rule
 from .primitives import INPUT_TYPES, operators, PARAM, PRIMITIVES, RANDOM, SCALAR, SHAPE_INPUTS, ShapeError, Type, broadcast, matmul_rule
 from .program import (G_PROBE, GLOBAL, PROBE, W_EVAL, Assign, BinOp, Call, Expr, If, Name, Num, Program, Stmt, Unary,
                       influences_w, names_in, sub_exprs, walk_stmts)
@@ -146,12 +147,25 @@ class _Checker:
                 k = e.args[1]
                 if not (isinstance(k, Num) and k.value == int(k.value) and 1 <= k.value <= 20):
                     raise _err("the step count of orthogonalize must be an integer constant from 1 to 20", k)
+            if e.fn in MODE:
+                return self._mode_call(e, ts)
             try:
                 return prim.rule(ts)
             except ShapeError as se:
                 node = e.args[se.arg] if se.arg is not None and se.arg < n else e
                 raise _err(str(se), node) from None
         raise _err(f"not an expression: {type(e).__name__}", e)  # pragma: no cover
+
+    def _mode_call(self, e: Call, ts: list[Type]) -> Type:
+        """A per-mode primitive: its last argument, the mode, must be an integer constant."""
+        k = e.args[-1]
+        if not (isinstance(k, Num) and k.value == int(k.value) and 0 <= k.value < MAX_MODES):
+            raise _err(f"the mode of {e.fn} (its last argument) must be an integer constant from 0 to "
+                       f"{MAX_MODES - 1}", k)
+        try:
+            return mode_rule(e.fn, ts, int(k.value))
+        except ShapeError as se:
+            raise _err(str(se), e.args[se.arg] if se.arg is not None else e) from None
 
     def _broadcast(self, a, b, node):
         try:

@@ -20,7 +20,7 @@ import math
 
 from .analysis import Branch, init_deps, routing, used
 from .checker import CheckInfo, check
-from .primitives import BINARY_OPERATORS, GLOBAL, RANDOM, SHAPE_INPUTS
+from .primitives import BINARY_OPERATORS, GLOBAL, MODE, RANDOM, SHAPE_INPUTS
 from .program import PROBE, W_EVAL, Assign, BinOp, Call, Expr, Name, Num, Program, Stmt, Unary, walk_exprs
 
 INPUTS = ("w", "g", "t", "hess_diag", "rows", "cols", "ndim", "numel",
@@ -75,6 +75,8 @@ class _Gen:
             if e.fn in GLOBAL:  # a model-wide value: this parameter's share goes out, the total comes back
                 op = e.fn[len("global_"):]
                 return f"R.global_value((yield ({op!r}, R.global_part({op!r}, {args}))), v_w)"
+            if e.fn in MODE:  # the parameter's real shape rides in v_ndim (runtime.Ndim)
+                return f"R.{e.fn}({args}, v_ndim)"
             return f"R.{e.fn}({args})"
         raise TypeError(f"cannot compile {e!r}")  # pragma: no cover
 

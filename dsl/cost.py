@@ -32,7 +32,7 @@ from .checker import check
 from .analysis import reached, reached_states, shape_env
 from .layout import view_shape
 from .memory import REFERENCE_MODEL
-from .primitives import ELEMENTWISE
+from .primitives import ELEMENTWISE, mode_sizes
 from .program import BinOp, Call, Name, Num, Program, Unary
 from .runtime import Q_BLOCK, Q_MIN_NUMEL
 
@@ -52,8 +52,8 @@ class Cost:
     flops_per_element: float
 
 
-def _size(sym, rows, cols) -> int:
-    d = {"1": 1, "r": rows, "c": cols}
+def _size(sym, rows, cols, shape=()) -> int:
+    d = {"1": 1, "r": rows, "c": cols, **mode_sizes(shape)}
     return d[sym[0]] * d[sym[1]]
 
 
@@ -68,7 +68,7 @@ def _param_cost(program: Program, info, shape, role) -> tuple[float, float]:
         t = info.types.get(id(e))
         if t is None:
             return (1, 1)
-        d = {"1": 1, "r": rows, "c": cols}
+        d = {"1": 1, "r": rows, "c": cols, **mode_sizes(shape)}
         return d[t.shape[0]], d[t.shape[1]]
 
     def numel(e) -> int:
@@ -111,6 +111,8 @@ def _param_cost(program: Program, info, shape, role) -> tuple[float, float]:
                 k = int(e.args[1].value) if len(e.args) > 1 and isinstance(e.args[1], Num) else 5
                 flops += k * (4 * m * m * n + 2 * m ** 3)
                 moved += 4 * 3 * k * 2 * numel(e)
+            elif e.fn in ("mode_gram", "mode_mul"):  # X_(k)·X_(k)ᵀ or A·X_(k): d_k multiply-adds per element of x
+                flops += 2 * numel(e.args[0]) * dims(e if e.fn == "mode_gram" else e.args[1])[0]
             elif e.fn in ("eigvecs", "matpow", "qr_q", "svd_u", "svd_v"):
                 n = max(max(dims(a)) for a in tensors) if tensors else 1
                 flops += MATRIX_FACTOR * n ** 3
@@ -124,7 +126,7 @@ def _param_cost(program: Program, info, shape, role) -> tuple[float, float]:
     for s in program.param_states:
         if s.name not in need:
             continue
-        n = _size(info.state_types[s.name].shape, rows, cols)
+        n = _size(info.state_types[s.name].shape, rows, cols, shape)
         if s.storage != "float" and n >= Q_MIN_NUMEL:
             moved += 2 * (1 + 4 / Q_BLOCK) * n + QUANT_BYTES * n
             flops += QUANT_FLOPS * n

@@ -293,6 +293,7 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
         "    _init_state = staticmethod(init_state)",
         "    _step_tensor = staticmethod(step_tensor)",
         "    _lockstep = staticmethod(R.lockstep)",
+        *(["    _ndim = staticmethod(R.Ndim)"] if program.uses_modes else []),  # ndim that keeps the shape
         f"    _step_foreach = {'staticmethod(step_foreach)' if foreach_src else 'None'}",
         f"    _statics = {'staticmethod(statics)' if hoisted_src else 'None'}",
         f"    _step_hoisted = {'staticmethod(step_hoisted)' if hoisted_src else 'None'}",

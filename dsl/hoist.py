@@ -129,7 +129,7 @@ def generate_hoisted_source(program: Program, info: CheckInfo | None = None,
     info = info or check(program)
     if any(s.storage != "float" for s in program.states) or program.uses_random or program.model_wide:
         return None
-    if program.uses_probe or program.has_eval_weights:  # their phases run on the per-tensor path only
+    if program.uses_probe or program.has_eval_weights or program.uses_modes:  # the per-tensor path only
         return None
     return _Hoist(program, info).source(statics_name, step_name)
 

@@ -29,11 +29,12 @@ def default_role(shape):
     return "hidden" if len(shape) >= 2 else "vector"
 
 
-def shape_info(shape, role=None):
+def shape_info(shape, role=None, ndim=None):
     """The values of SHAPE_INPUTS for a parameter of ``shape`` (without a member dimension) and
-    ``role`` (None: ``default_role``)."""
+    ``role`` (None: ``default_role``); ``ndim`` (default ``len(shape)``) may be given as an int
+    that carries the shape too (the per-mode primitives' ``runtime.Ndim``)."""
     rows, cols = view_shape(shape)
-    ndim = len(shape)
+    ndim = len(shape) if ndim is None else ndim
     role = role or default_role(shape)
     is_matrix = ndim >= 2
     return (rows, cols, ndim, rows * cols, is_matrix, not is_matrix, role == "embedding", role == "head",

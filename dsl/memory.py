@@ -31,6 +31,7 @@ import math
 from .analysis import reached_states
 from .checker import check
 from .layout import view_shape
+from .primitives import mode_sizes
 from .program import Name, Program, walk_exprs
 from .runtime import Q_BLOCK, Q_MIN_NUMEL
 
@@ -59,8 +60,8 @@ REFERENCE_MODEL = _gpt()
 stated for: a byte-level GPT, vocabulary 256, width 128, two blocks, 4× MLP, untied head."""
 
 
-def _numel(sym: tuple[str, str], rows: int, cols: int) -> int:
-    size = {"1": 1, "r": rows, "c": cols}
+def _numel(sym: tuple[str, str], rows: int, cols: int, shape: tuple[int, ...] = ()) -> int:
+    size = {"1": 1, "r": rows, "c": cols, **mode_sizes(shape)}
     return size[sym[0]] * size[sym[1]]
 
 
@@ -73,7 +74,7 @@ def param_state_bytes(program: Program, shape: tuple[int, ...], role: str, eleme
     for s in program.param_states:  # global states live in the parameter group: 0 per element
         if s.name not in need:
             continue
-        n = _numel(info.state_types[s.name].shape, rows, cols)
+        n = _numel(info.state_types[s.name].shape, rows, cols, shape)
         if s.storage != "float" and n >= Q_MIN_NUMEL:
             total += n + math.ceil(n / Q_BLOCK) * element_size
         else:

@@ -223,6 +223,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
     _statics = None  # staticmethod: static values of a step (for compile=True)
     _step_hoisted = None  # staticmethod: the per-tensor step reading them (for compile=True)
     _lockstep = None  # staticmethod: runs the per-tensor steps of a model-wide program together
+    _ndim = staticmethod(len)  # a parameter's ndim from its shape; the exported class: R.Ndim, which keeps the shape
 
     def __init__(self, params, defaults, *, compile=False, foreach=None, seed=0):
         if "betas" in defaults and self._has_betas():
@@ -236,10 +237,11 @@ class ProgramOptimizer(torch.optim.Optimizer):
             raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)}; {type(self).__name__} has {sorted(self.HYPERS)}")
         if foreach and self._step_foreach is None:
             raise ValueError("this program has no multi-tensor form (quantized state, seeded noise, model-wide values, "
-                             "a probe point or evaluation weights); use foreach=False")
+                             "a probe point, evaluation weights or per-mode factors); use foreach=False")
         if compile and self._step_hoisted is None:
             raise ValueError("compile=True does not support quantized state, seeded noise, model-wide values "
-                             "(global_norm, global state), a probe point or evaluation weights yet; use compile=False")
+                             "(global_norm, global state), a probe point, evaluation weights or per-mode factors "
+                             "(mode_gram, mode_mul, eye_mode) yet; use compile=False")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
         self.seed = seed
@@ -337,7 +339,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
         hit = self._infos.get(p)
         if hit is not None and hit[0] == shape and hit[1] == role:
             return hit[2]
-        info = shape_info(tuple(shape), role)
+        info = shape_info(tuple(shape), role, type(self)._ndim(shape))
         self._infos[p] = (shape, role, info)
         return info
 

@@ -4,8 +4,9 @@ Every value has a type: a kind (``num`` or ``bool``), a symbolic shape of the pa
 view and whether it is *static* (known before the step runs: constants, hyperparameters, ``t``
 and the parameter's shape). The 2-D view of a parameter of shape ``(d0, d1, ...)`` is
 ``rows × cols = d0 × (d1·d2·…)``; a vector ``(n,)`` is ``n × 1``; a scalar parameter ``1 × 1``.
-A shape is a pair of symbols from ``"1"``, ``"r"`` (rows) and ``"c"`` (cols); ``("1", "1")`` is
-a scalar.
+A shape is a pair of symbols from ``"1"``, ``"r"`` (rows) and ``"c"`` (cols), and ``"d1"``–``"d3"``
+(the sizes of modes 1–3 of the parameter's real shape, for the per-mode primitives at the end);
+``("1", "1")`` is a scalar.
 """
 
 from __future__ import annotations
@@ -450,3 +451,56 @@ def operators(kind: str) -> frozenset:
 def operators_at(prec: int) -> frozenset:
     """The symbols of the binary operators that bind with strength ``prec``."""
     return frozenset(s for s, o in BINARY_OPERATORS.items() if o.prec == prec)
+# -- per-mode factors of the parameter's real shape (Shampoo's and SOAP's per-mode form) ---------
+# The parameter (d0, d1, …) is seen as the order-4 tensor (d0, d1, d2, d3), a missing mode of size 1.
+# Mode 0 is the view's rows ("r"); modes 1-3 have their own symbols ("d1", "d2", "d3"), so a mode-2
+# factor cannot be mixed with a rows × rows or cols × cols matrix by mistake. The mode k is the
+# last argument and must be an integer constant (the checker reads it: ``mode_rule``).
+MAX_MODES = 4
+MODE = frozenset({"mode_gram", "mode_mul", "eye_mode"})
+"""Primitives on mode k of the parameter's real shape: their step function passes its dimensions."""
+
+
+def mode_symbol(k: int) -> str:
+    """The shape symbol of mode k's size d_k."""
+    return "r" if k == 0 else f"d{k}"
+
+
+def mode_sizes(shape: tuple[int, ...]) -> dict[str, int]:
+    """The size of every mode symbol for a parameter of ``shape`` (for the memory and cost models)."""
+    dims = tuple(int(d) for d in shape)[:MAX_MODES] + (1,) * max(0, MAX_MODES - len(shape))
+    return {mode_symbol(k): dims[k] for k in range(1, MAX_MODES)}
+
+
+def mode_rule(name: str, ts: Sequence[Type], k: int) -> Type:
+    """The type of a per-mode primitive whose mode is the constant k (checked by the caller)."""
+    _num(ts, name)
+    x = ts[0]
+    if x.shape != PARAM:
+        raise ShapeError(f"{name} works on the parameter's real shape and needs a tensor shaped like w "
+                         f"(r×c), got {x.show()}", 0)
+    s = mode_symbol(k)
+    if name == "mode_mul":
+        a = ts[1]
+        if a.shape != (s, s):
+            raise ShapeError(f"the factor of mode_mul along mode {k} must be {s}×{s}, got {a.show()}", 1)
+        return Type("num", PARAM, False)
+    return Type("num", (s, s), False)
+
+
+def _mode_only(name: str):
+    def rule(ts: Sequence[Type]) -> Type:  # pragma: no cover - the checker calls mode_rule
+        raise ShapeError(f"{name} needs its mode as a constant; the checker types it with mode_rule")
+
+    return rule
+
+
+_add("mode_gram", 2, _mode_only("mode_gram"), "modegram",
+     "mode_gram(x, k): the mode-k Gram matrix X_(k)·X_(k)ᵀ of x in the parameter's real shape, d_k × d_k "
+     "(mode 0: x @ transpose(x)); k a constant from 0 to 3, a missing mode of size 1")
+_add("mode_mul", 3, _mode_only("mode_mul"), "modemul",
+     "mode_mul(x, A, k): the mode-k product x ×_k A (A applied to every mode-k fibre of x), shaped like x; "
+     "A d_k × d_k")
+_add("eye_mode", 2, _mode_only("eye_mode"), "modeeye",
+     "eye_mode(x, k): the d_k × d_k identity, d_k the size of mode k of the parameter (for state initialisers)")
+PRIMITIVES.update((p.name, p) for p in _P[-3:])

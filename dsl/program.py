@@ -180,6 +180,11 @@ class Program:
         """The program draws seeded noise (randn_like, rademacher_like)."""
         return any(isinstance(e, Call) and e.fn in ("randn_like", "rademacher_like") for e in walk_exprs(self))
 
+    @property
+    def uses_modes(self) -> bool:
+        """The program works on modes of the parameter's real shape (mode_gram, mode_mul, eye_mode)."""
+        return any(isinstance(e, Call) and e.fn in ("mode_gram", "mode_mul", "eye_mode") for e in walk_exprs(self))
+
     def with_defaults(self, **defaults: float) -> "Program":
         """A copy whose hyperparameter defaults are replaced (names must exist)."""
         known = self.hyper_defaults

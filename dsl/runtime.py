@@ -699,3 +699,61 @@ def q_load(state: dict, name: str, fmt: str) -> Tensor:
     except KeyError:
         raise ValueError(f"the state has no entry for the quantized state {name!r} (expected {name}.codes and {name}.absmax)") from None
     return q_decode(codes, absmax, fmt)
+
+
+# -- per-mode factors of a tensor's real shape -----------------------------------------------------
+# A parameter of shape (d0, d1, …) travels as its 2-D view [M, R, C]; the per-mode primitives see
+# it as the order-4 tensor (d0, d1, d2, d3), a missing mode of size 1. Their step function passes
+# the parameter's ``ndim`` as an ``Ndim``: the number of dimensions, carrying the dimensions too.
+MAX_MODES = 4
+
+
+class Ndim(int):
+    """A parameter's number of dimensions (an int) that also carries its dimensions (``.dims``),
+    which the per-mode primitives need: the 2-D view the step works on has lost them."""
+
+    def __new__(cls, shape):
+        n = super().__new__(cls, len(shape))
+        n.dims = tuple(int(d) for d in shape)
+        return n
+
+    def __reduce__(self):
+        return Ndim, (self.dims,)
+
+
+def _mode_dims(ndim):
+    dims = getattr(ndim, "dims", None)
+    if dims is None:
+        raise ValueError("the per-mode primitives need the parameter's shape (ndim as runtime.Ndim(shape))")
+    if len(dims) > MAX_MODES:
+        raise ValueError(f"the per-mode primitives handle tensors of at most {MAX_MODES} dimensions, "
+                         f"got shape {dims}")
+    return dims + (1,) * (MAX_MODES - len(dims))
+
+
+def _unfold(x, k, ndim):
+    """x [M, R, C] as its mode-k unfolding [M, d_k, rest], and the 4 dimensions with mode k first."""
+    dims = _mode_dims(ndim)
+    X = x.reshape(x.shape[:-2] + dims).movedim(x.dim() - 2 + k, x.dim() - 2)
+    return X.reshape(x.shape[:-2] + (dims[k], -1)), X.shape[-MAX_MODES:]
+
+
+def mode_gram(x, k, ndim):
+    """The mode-k Gram matrix X_(k)·X_(k)ᵀ of x's real shape, d_k × d_k."""
+    xk, _ = _unfold(x, int(k), ndim)
+    return xk @ xk.transpose(-2, -1)
+
+
+def mode_mul(x, a, k, ndim):
+    """The mode-k product x ×_k A (A·X_(k), folded back): x's shape, A d_k × d_k."""
+    k = int(k)
+    xk, moved = _unfold(x, k, ndim)
+    y = a @ xk
+    y = y.reshape(y.shape[:-2] + moved)
+    return y.movedim(y.dim() - MAX_MODES, y.dim() - MAX_MODES + k).reshape(y.shape[:-MAX_MODES] + x.shape[-2:])
+
+
+def eye_mode(x, k, ndim):
+    """The d_k × d_k identity, one per member of x."""
+    n = _mode_dims(ndim)[int(k)]
+    return torch.eye(n, dtype=x.dtype, device=x.device).expand(x.shape[:-2] + (n, n)).clone()

@@ -96,6 +96,7 @@ class StepFunction:
         self.defaults = program.hyper_defaults
         self.uses_hess_diag = program.uses_hess_diag
         self.uses_random = program.uses_random
+        self.uses_modes = program.uses_modes
         self.uses_probe = program.uses_probe
         self.has_eval_weights = program.has_eval_weights
         self.elementwise = acts_elementwise(program)
@@ -221,7 +222,8 @@ class StepFunction:
         role = role or default_role(shape)
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; use one of {ROLES}")
-        info = shape_info(shape, role)
+        # per-mode primitives read the dimensions from ndim: an int that carries them (runtime.Ndim)
+        info = shape_info(shape, role, runtime.Ndim(shape) if self.uses_modes else None)
         lay = (members, info[0], info[1])
         W, G = w.reshape(lay), g.reshape(lay)
         HD = hess_diag.reshape(lay) if hess_diag is not None else None

@@ -1,8 +1,9 @@
 """Kron (PSGD with Kronecker-factored preconditioners) against pytorch_optimizer.Kron 4.1.0.
 
 Both run side by side from the same initial parameters and gradients in float64 (the reference's
-preconditioner dtype set to float64 too), on 1-D, 2-D and 4-D parameters (the 4-D one through the
-language's rows × rest view, the program's documented form), with decoupled weight decay on and off.
+preconditioner dtype set to float64 too), on 1-D, 2-D, 3-D and 4-D parameters (tensors of order 3 and 4 as they are: one factor per mode in both;
+past 4 dimensions the program takes the rows × rest view, checked too), with decoupled weight decay on and
+off.
 The reference draws its probe with ``torch.randn_like``; the test hands it the numbers the program's
 seeded ``randn_like`` draws at the same step, so the two see the same probe; its float32 triangular
 solves are swapped for float64 ones (a second test measures what the swap hides). Factor balancing is off in
@@ -59,8 +60,9 @@ def kron_ref(wd):
                              precondition_dtype=F64)
 
 
-def reference(wd, w0, gs):
-    v = view2d(tuple(w0.shape))
+def reference(wd, w0, gs, on_view=False):
+    """The reference on the tensor itself, or on its rows × rest view."""
+    v = view2d(tuple(w0.shape)) if on_view else tuple(w0.shape)
     out = run_reference(kron_ref(wd), w0.reshape(v), [g.reshape(v) for g in gs])
     return [x.reshape(w0.shape) for x in out]
 
@@ -71,13 +73,24 @@ def rel_diff(a_list, b_list):
 
 
 @pytest.mark.parametrize("wd", [0.0, 0.1])
-@pytest.mark.parametrize("shape", [(11,), (7, 5), (5, 7), (1, 6), SHAPES["4d"]])
+@pytest.mark.parametrize("shape", [(11,), (7, 5), (5, 7), (1, 6), SHAPES["4d"], (4, 3, 5), (3, 1, 2, 2)])
 def test_kron_matches_pytorch_optimizer(shared_probe, float64_solve, shape, wd):
     w0, gs = initial_param(shape), gradient_sequence(shape, 40)
     ours = run_program(library.load("kron"), w0, gs, {"wd": wd, "lr": 0.01})
     ref = reference(wd, w0, gs)
     assert shared_probe[0] == 40
     assert rel_diff(ours, ref) < 1e-10
+
+
+def test_kron_order_five_tensors_use_the_rows_by_rest_view(shared_probe, float64_solve):
+    """Documented: past 4 dimensions the per-mode primitives stop and the program runs the matrix
+    rule on the rows × rest view (the reference on that view), not the reference's per-mode rule."""
+    shape = (3, 2, 2, 1, 2)
+    w0, gs = initial_param(shape), gradient_sequence(shape, 12)
+    ours = run_program(library.load("kron"), w0, gs, {"lr": 0.01})
+    assert rel_diff(ours, reference(0.0, w0, gs, on_view=True)) < 1e-10
+    shared_probe[0] = 0
+    assert rel_diff(ours, reference(0.0, w0, gs)) > 1e-4
 
 
 def test_reference_float32_solve_is_the_only_difference(shared_probe):

@@ -3,7 +3,8 @@
 Muon, Muon-RMS, NorMuon, Shampoo, SOAP and Conda are driven side by side with their reference
 implementations (torch.optim.Muon, pytorch_optimizer 4.1.0) from the same initial parameters and the
 same gradient sequence (each optimizer its own clone), for 60 steps, past the first refresh where the
-method has one (small refresh periods), on 1-D, 2-D and 4-D parameters in float64, with weight decay
+method has one (small refresh periods), on 1-D, 2-D and 4-D parameters (3-D too for the per-mode
+programs shampoo_modes and soap_modes, on the tensors themselves) in float64, with weight decay
 on and off. Where a reference computes a step in lower precision, that one step is swapped for a
 float64 one and the test says so; a second test measures what the swap hides. SCALE, SWAN and SinkGD
 have no implementation to compare with: their equations are written here plainly in torch, and their
@@ -81,7 +82,7 @@ def one_step_update(name, w, g, hyper, role=None):
 
 
 # -- every file has the header the library expects ---------------------------------------------
-NAMES = ["muon", "muon_rms", "normuon", "shampoo", "soap", "conda", "scale", "swan", "sinkgd"]
+NAMES = ["muon", "muon_rms", "normuon", "shampoo", "soap", "shampoo_modes", "soap_modes", "conda", "scale", "swan", "sinkgd"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -251,7 +252,7 @@ def test_shampoo_matches_pytorch_optimizer(shape, tol, wd, k):
 
 def test_shampoo_order_four_tensors_use_the_matrix_view():
     """Documented difference: the paper's order-4 rule (one preconditioner per mode, exponent
-    −1/8, as pytorch_optimizer on the 4-D tensor) is not what this program does."""
+    −1/8, as pytorch_optimizer on the 4-D tensor) is not what this program does (shampoo_modes does it)."""
     w0, gs = case(SHAPES["4d"])
     ours = run_program(library.load("shampoo"), w0, gs, {"lr": 0.01})
     assert max_abs_diff(ours, run_reference(shampoo_ref(0.0, 1), w0, gs)) > 1e-3
@@ -420,7 +421,8 @@ def test_soap_invariants_where_the_first_eigenbasis_is_not_unique():
 
 def test_soap_order_four_tensors_use_the_matrix_view(float64_soap_qr):
     """Documented difference: the official code rotates every mode of a 4-D tensor
-    (pytorch_optimizer on the 4-D tensor); this program rotates its rows × rest view."""
+    (pytorch_optimizer on the 4-D tensor); this program rotates its rows × rest view (soap_modes
+    rotates every mode)."""
     w0, gs = case(SHAPES["4d"])
     ours = run_program(library.load("soap"), w0, gs, {"f": 3})
     assert max_abs_diff(ours, run_reference(soap_ref(0.01, 3), w0, gs)) > 1e-4
@@ -658,4 +660,90 @@ def test_members_batched_equal_separate_runs(name, shape, role):
         wi, si = w0.clone(), None
         for t, g in enumerate(grads, 1):
             wi, si = fn(wi, g[i], si, {**hyper, "lr": float(lrs[i])}, t, role=role)
+        torch.testing.assert_close(wb[i], wi, rtol=0, atol=1e-12)
+
+
+# -- per-mode Shampoo and SOAP: tensors of order 3 and 4 as they are ------------------------------
+@pytest.mark.parametrize("name", ["shampoo_modes", "soap_modes"])
+@pytest.mark.parametrize("shape", [(7, 5), (5, 7), (11,)])
+def test_per_mode_programs_equal_the_view_programs_on_matrices_and_vectors(name, shape):
+    """On vectors and matrices the per-mode programs run their view programs' rules, step for step."""
+    w0, gs = case(shape, steps=20)
+    hyper = {"f": 3} if name == "soap_modes" else {"k": 3}
+    ours = run_program(library.load(name), w0, gs, hyper)
+    base = run_program(library.load(name.removesuffix("_modes")), w0, gs, hyper)
+    assert max_abs_diff(ours, base) == 0
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("wd", WDS)
+@pytest.mark.parametrize("shape, tol", [((11,), 1e-9), ((7, 5), 1e-13), ((5, 7), 1e-13), (SHAPES["4d"], 1e-13),
+                                        ((4, 3, 5), 1e-13), ((3, 1, 2, 2), 1e-13)])
+def test_shampoo_modes_matches_pytorch_optimizer(shape, tol, wd, k):
+    """Relative to the largest weight; vectors are full-matrix AdaGrad, whose early preconditioner
+    (rank-t plus 1e-4·I) has condition numbers near 1e5, hence the looser tolerance. Tensors of order
+    3 and 4 are compared as they are (the reference: one preconditioner per mode, exponent −1/(2n);
+    a mode of size 1 counts)."""
+    w0, gs = case(shape)
+    ours = run_program(library.load("shampoo_modes"), w0, gs, {"wd": wd, "k": k, "lr": 0.01})
+    assert rel_diff(ours, run_reference(shampoo_ref(wd, k), w0, gs)) < tol
+
+
+def test_shampoo_modes_order_five_tensors_use_the_matrix_view():
+    """Documented: past 4 dimensions the per-mode primitives stop, and the program runs the matrix
+    rule on the rows × rest view (pytorch_optimizer on that view), not the reference's per-mode rule."""
+    shape = (3, 2, 2, 1, 2)
+    w0, gs = case(shape, steps=12)
+    ours = run_program(library.load("shampoo_modes"), w0, gs, {"lr": 0.01})
+    assert rel_diff(ours, run_reference_on_view(shampoo_ref(0.0, 1), w0, gs)) < 1e-13
+    assert max_abs_diff(ours, run_reference(shampoo_ref(0.0, 1), w0, gs)) > 1e-4
+
+
+@pytest.mark.parametrize("f", [10, 3])
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+@pytest.mark.parametrize("shape", [(11,), (6, 6), (5, 7), SHAPES["4d"], (4, 3, 5), (3, 1, 2, 2)])
+def test_soap_modes_matches_pytorch_optimizer(float64_soap_qr, soap_shared_degenerate_eigenbasis, shape, wd, f):
+    """As test_soap_matches_pytorch_optimizer (the same shared null-space basis where the first
+    gradient's matrix is not square), and tensors of order 3 and 4 compared as they are, one basis
+    per mode (the reference's per-mode form); here every mode's unfolding has full row rank, so
+    nothing is replaced."""
+    w0, gs = case(shape)
+    hyper = {"wd": wd, "f": f}
+    ours = run_program(library.load("soap_modes"), w0, gs, hyper)
+    _, s1 = compile_program(library.load("soap_modes"))(w0.clone(), gs[0].clone(), None, hyper, 1)
+    bases = {1: None, 2: ["QL", "QR"]}.get(len(shape), ["QL", "Q1", "Q2", "Q3"][:len(shape)])
+    soap_shared_degenerate_eigenbasis["bases"] = bases and [s1[n] for n in bases]
+    ref = run_reference(soap_ref(wd, f), w0, gs)
+    rows, cols = shape if len(shape) == 2 else (1, 1)
+    assert soap_shared_degenerate_eigenbasis["replaced"] == ([abs(rows - cols)] if rows != cols else [])
+    assert max_abs_diff(ours, ref) < 1e-13
+
+
+def test_soap_modes_order_five_tensors_use_the_matrix_view(float64_soap_qr):
+    """Documented: past 4 dimensions the program rotates the rows × rest view (exactly what it does
+    to that view as a matrix), where the official code rotates every mode."""
+    shape = (3, 2, 2, 1, 2)
+    w0, gs = case(shape, steps=12)
+    ours = run_program(library.load("soap_modes"), w0, gs, {"f": 3})
+    on_view = run_program(library.load("soap_modes"), w0.reshape(3, 8), [g.reshape(3, 8) for g in gs], {"f": 3})
+    assert max_abs_diff(ours, [x.reshape(shape) for x in on_view]) == 0
+    assert max_abs_diff(ours, run_reference(soap_ref(0.01, 3), w0, gs)) > 1e-4
+
+
+@pytest.mark.parametrize("name, hyper", [("shampoo_modes", {"k": 2}), ("soap_modes", {"f": 3})])
+@pytest.mark.parametrize("shape", [(3, 2, 2, 2), (3, 4, 2)])
+def test_per_mode_members_batched_equal_separate_runs(name, hyper, shape):
+    """The per-mode rules of tensors of order 3 and 4 also run a grid of members in one call."""
+    fn = compile_program(library.load(name))
+    lrs = torch.tensor([1e-3, 3e-3, 1e-2], dtype=F64)
+    w0 = initial_param(shape)
+    grads = gradient_sequence((3,) + shape, 8)
+    wb, sb = w0.expand((3,) + shape).clone(), None
+    for t, g in enumerate(grads, 1):
+        wb, sb = fn(wb, g, sb, {**hyper, "lr": lrs}, t, batched=True)
+    assert sb["Q2" if name == "soap_modes" else "P2"].shape == (3, shape[2], shape[2])
+    for i in range(3):
+        wi, si = w0.clone(), None
+        for t, g in enumerate(grads, 1):
+            wi, si = fn(wi, g[i], si, {**hyper, "lr": float(lrs[i])}, t)
         torch.testing.assert_close(wb[i], wi, rtol=0, atol=1e-12)
