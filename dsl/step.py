@@ -84,8 +84,9 @@ class StepFunction:
     ``elementwise`` tells whether parameters may be updated concatenated (``acts_elementwise``).
 
     A program with model-wide values (``model_wide``: ``global_norm``, ``global d = …``) reduces
-    over all the parameters of a group: step them together with ``step_group``. Called on one
-    tensor it treats that tensor as the whole model and keeps its global states in the state dict.
+    over all the parameters of a group: step them together with ``step_group`` (and take their
+    probe points together with ``probe_group``). Called on one tensor it treats that tensor as the
+    whole model and keeps its global states in the state dict.
     """
 
     def __init__(self, program: Program):
