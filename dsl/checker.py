@@ -52,7 +52,7 @@ class _Checker:
         self.hypers = {h.name for h in program.hypers}
         # names that may hold a different value for each parameter of the group (as opposed to
         # model-wide values: constants, hyperparameters, t, global state, global reductions)
-        self.per_param: set[str] = {"w", "g", "hess_diag", *SHAPE_INPUTS}
+        self.per_param: set[str] = {"w", "g", "hess_diag", G_PROBE, *SHAPE_INPUTS}
         self.param_branch = 0  # depth of if-blocks whose condition depends on the parameter
 
     def per_param_name(self, e: Expr) -> str | None:
@@ -302,9 +302,9 @@ class _Checker:
         if not p.body:
             raise DSLError("the program has no statements; it needs a rule for w (w = ...)", 1, 1)
         self._outputs()
-        if p.model_wide:
+        if p.model_wide:  # a probe point is (its phase runs in lockstep); evaluation weights are not yet
             for st in p.body:
-                if isinstance(st, Assign) and st.target in (PROBE, W_EVAL):
+                if isinstance(st, Assign) and st.target == W_EVAL:
                     raise _err(f"{st.target} is not available yet in a program with model-wide values "
                                "(global reductions or global state)", st)
         self.block(p.body, env)

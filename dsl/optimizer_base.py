@@ -59,7 +59,9 @@ calls ``ProgramOptimizer.__init__`` with its hyperparameters. What it does:
   parameters and keeps the training weights in each parameter's state (``"w_train"``, so a
   ``state_dict`` taken in evaluation mode is complete); ``train()`` puts them back. ``step()``
   refuses to run in evaluation mode. For other programs both do nothing.
-- Programs with ``probe`` or ``w_eval`` run the per-tensor step only.
+- Programs with ``probe`` or ``w_eval`` run the per-tensor step only. A program with model-wide
+  values may have a probe point (not ``w_eval``): the probe phases of a group's parameters run in
+  lockstep, so ``global_norm(g)`` in ``probe = …`` is the group's gradient norm.
 """
 
 import math
@@ -481,9 +483,10 @@ class ProgramOptimizer(torch.optim.Optimizer):
             seed = None
             if self.RANDOM:
                 seed = torch.full((1, 1, 1), state[SEED_KEY], dtype=torch.int64, device=p.device)
+            probe = {"v_g_probe": self._probe_grads[p].reshape(lay)} if self.USES_PROBE else {}
             steps.append(step(self._to_program(state, lay), hyper, False, w_in, g.reshape(lay), t,
                               None if hd is None else hd.reshape(lay), *info, need=self._present(state),
-                              seed=seed, gstate=gstate))
+                              seed=seed, gstate=gstate, **probe))
         results = type(self)._lockstep(steps)
         for (p, g, state, info, hd), w_in, (new_w, new_s, _) in zip(entries, inputs, results):
             _write_back(p, w_in, new_w)
@@ -650,6 +653,8 @@ class ProgramOptimizer(torch.optim.Optimizer):
         saved = []  # (p, its weights, its gradient, its probe point)
         for group in self.param_groups:
             hyper = {k: float(group[k]) for k in self.HYPERS}
+            points = []  # (p, its gradient, the probe phase of its step: a point, or a generator if model-wide)
+            stored = group.get(GLOBAL_KEY) if self.MODEL_WIDE else None
             for p in group["params"]:
                 g = p.grad
                 if g is None:
@@ -664,9 +669,17 @@ class ProgramOptimizer(torch.optim.Optimizer):
                 seed = None
                 if self.RANDOM:
                     seed = torch.full((1, 1, 1), state[SEED_KEY], dtype=torch.int64, device=p.device)
-                point, _ = step(self._to_program(state, lay), hyper, False, p.reshape(lay), g.reshape(lay), t,
-                                None if hd is None else hd.reshape(lay), *info, need=self._present(state), seed=seed,
-                                phase="probe")
+                wide = {}
+                if self.MODEL_WIDE:
+                    wide["gstate"] = None if stored is None else {
+                        n: v.to(p.device).reshape(1, 1, 1) for n, v in stored.items()}
+                points.append((p, g, step(self._to_program(state, lay), hyper, False, p.reshape(lay), g.reshape(lay), t,
+                                       None if hd is None else hd.reshape(lay), *info, need=self._present(state),
+                                       seed=seed, phase="probe", **wide)))
+            if self.MODEL_WIDE and points:  # the probe phases of the group in lockstep: global_norm(g) is the group's
+                results = type(self)._lockstep([phase for _, _, phase in points])
+                points = [(p, g, r) for (p, g, _), r in zip(points, results)]
+            for p, g, (point, _) in points:
                 saved.append((p, p.detach().clone(), g.detach().clone(), point.reshape(p.shape)))
         try:
             for p, _, _, point in saved:

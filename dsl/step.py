@@ -84,8 +84,9 @@ class StepFunction:
     ``elementwise`` tells whether parameters may be updated concatenated (``acts_elementwise``).
 
     A program with model-wide values (``model_wide``: ``global_norm``, ``global d = …``) reduces
-    over all the parameters of a group: step them together with ``step_group``. Called on one
-    tensor it treats that tensor as the whole model and keeps its global states in the state dict.
+    over all the parameters of a group: step them together with ``step_group`` (and take their
+    probe points together with ``probe_group``). Called on one tensor it treats that tensor as the
+    whole model and keeps its global states in the state dict.
     """
 
     def __init__(self, program: Program):
@@ -133,7 +134,27 @@ class StepFunction:
         (from the same inputs as the step; the state is not changed)."""
         if not self.uses_probe:
             raise ValueError("this program has no probe point (no statement probe = ...)")
+        if self.model_wide:  # a model of this one tensor, whose global states ride in its state dict
+            state, gstate = self._split_global(state)
+            return self.probe_group([w], [g], [state], gstate, hyper, t, hess_diags=[hess_diag], batched=batched,
+                                    roles=[role], seeds=[seed])[0]
         return self(w, g, state, hyper, t, hess_diag=hess_diag, batched=batched, role=role, seed=seed, _phase="probe")
+
+    def probe_group(self, ws, gs, states, gstate=None, hyper=None, t=1, *, hess_diags=None, batched=False,
+                    roles=None, seeds=None):
+        """The probe points of every parameter of a group in step ``t`` (a list; no state changes).
+        A program with model-wide values runs the probe phase of every parameter in lockstep, so a
+        ``global_norm(g)`` in the probe reduces over all the tensors given, per member (as
+        ``step_group``); other programs take each tensor's point apart."""
+        if not self.uses_probe:
+            raise ValueError("this program has no probe point (no statement probe = ...)")
+        n = len(ws)
+        hess_diags, roles, seeds = hess_diags or [None] * n, roles or [None] * n, seeds or [None] * n
+        if not self.model_wide:
+            return [self.probe(w, g, st, hyper, t, hess_diag=hd, batched=batched, role=r, seed=sd)
+                    for w, g, st, hd, r, sd in zip(ws, gs, states, hess_diags, roles, seeds)]
+        results = self._lockstep(ws, gs, states, gstate, hyper, t, hess_diags, batched, roles, seeds, "probe")
+        return [point.reshape(w.shape) for w, (point, _) in zip(ws, results)]
 
     def eval_weights(self, w, state, hyper=None, t=1, *, batched=False, role=None):
         """The weights a model is evaluated at, from the weights and state a step returned: the
@@ -164,43 +185,52 @@ class StepFunction:
             return self._finish(w, new_w, new_s, batched)
         # a program with model-wide values, given one tensor: a model of that one tensor, whose
         # global states ride in its state dict
-        state = dict(state or {})
-        gstate = {n: state.pop(n) for n in self.global_names if n in state} or None
+        state, gstate = self._split_global(state)
+        g_probes = None
+        if g_probe is not None:
+            g_probes = (lambda points: [g_probe(points[0])]) if callable(g_probe) else [g_probe]
         (new_w,), (new_s,), new_g = self.step_group([w], [g], [state], gstate, hyper, t, hess_diags=[hess_diag],
-                                                    batched=batched, roles=[role], seeds=[seed])
+                                                    batched=batched, roles=[role], seeds=[seed], g_probes=g_probes)
         new_s.update(new_g)
         return new_w, new_s
 
+    def _split_global(self, state):
+        """(a one-tensor model's per-parameter state, its global states or None)."""
+        state = dict(state or {})
+        return state, {n: state.pop(n) for n in self.global_names if n in state} or None
+
     def step_group(self, ws, gs, states, gstate=None, hyper=None, t=1, *, hess_diags=None, batched=False,
-                   roles=None, seeds=None):
+                   roles=None, seeds=None, g_probes=None):
         """One step of every parameter of a group: ``(new ws, new states, new global state)``.
 
         Model-wide values (``global_norm`` and the like) reduce over all the tensors given, per
         member; ``gstate`` maps the program's global states to their values (None at the first
         step: their initialisers run), ``[M, 1, 1]`` when batched, ``[1, 1]`` otherwise. A program
-        without model-wide values steps each tensor apart (and returns an empty global state)."""
+        without model-wide values steps each tensor apart (and returns an empty global state).
+        ``g_probes`` (programs that read ``g_probe``): the gradients at the points ``probe_group``
+        gives, in order, or a function from that list of points to the list of gradients there."""
         n = len(ws)
         hess_diags = hess_diags or [None] * n
         roles = roles or [None] * n
         seeds = seeds or [None] * n
+        if self.uses_probe:
+            if g_probes is None:
+                raise ValueError("this program reads g_probe: pass g_probes=<the gradients at fn.probe_group(...)>, "
+                                 "or a function from those points to the gradients there")
+            if callable(g_probes):
+                g_probes = list(g_probes(self.probe_group(ws, gs, states, gstate, hyper, t, hess_diags=hess_diags,
+                                                          batched=batched, roles=roles, seeds=seeds)))
+            if len(g_probes) != n:
+                raise ValueError(f"{len(g_probes)} probe gradients for {n} parameters")
+        else:
+            g_probes = [None] * n
         if not self.model_wide:
-            outs = [self(w, g, st, hyper, t, hess_diag=hd, batched=batched, role=r, seed=sd)
-                    for w, g, st, hd, r, sd in zip(ws, gs, states, hess_diags, roles, seeds)]
+            outs = [self(w, g, st, hyper, t, hess_diag=hd, batched=batched, role=r, seed=sd, g_probe=gp)
+                    for w, g, st, hd, r, sd, gp in zip(ws, gs, states, hess_diags, roles, seeds, g_probes)]
             return [o[0] for o in outs], [o[1] for o in outs], {}
         if not n:
             return [], [], gstate or {}
-        G = None
-        if gstate:
-            members = int(ws[0].shape[0]) if batched else 1
-            G = {k: v.reshape(members, 1, 1) if isinstance(v, torch.Tensor) else v for k, v in gstate.items()}
-            missing = [k for k in self.global_names if k not in G]
-            if missing:
-                raise KeyError(f"global state is missing {missing}")
-        steps = []
-        for w, g, st, hd, r, sd in zip(ws, gs, states, hess_diags, roles, seeds):
-            args, kw = self._prepare(w, g, st, hyper, t, hd, batched, r, sd)
-            steps.append(self._fn(*args, gstate=G, **kw))
-        results = runtime.lockstep(steps)
+        results = self._lockstep(ws, gs, states, gstate, hyper, t, hess_diags, batched, roles, seeds, None, g_probes)
         new_ws, new_states = [], []
         for w, (new_w, new_s, _) in zip(ws, results):
             nw, ns = self._finish(w, new_w, new_s, batched)
@@ -210,6 +240,27 @@ class StepFunction:
         if not batched:
             new_g = {k: v.reshape(1, 1) for k, v in new_g.items()}
         return new_ws, new_states, new_g
+
+    def _lockstep(self, ws, gs, states, gstate, hyper, t, hess_diags, batched, roles, seeds, phase, g_probes=None):
+        """The generated step of a model-wide program, run on every tensor in lockstep (in the
+        probe phase when ``phase`` is "probe"): what each returns."""
+        G = None
+        if gstate:
+            members = int(ws[0].shape[0]) if batched else 1
+            G = {k: v.reshape(members, 1, 1) if isinstance(v, torch.Tensor) else v for k, v in gstate.items()}
+            missing = [k for k in self.global_names if k not in G]
+            if missing:
+                raise KeyError(f"global state is missing {missing}")
+        steps = []
+        for i, (w, g, st, hd, r, sd) in enumerate(zip(ws, gs, states, hess_diags, roles, seeds)):
+            args, kw = self._prepare(w, g, st, hyper, t, hd, batched, r, sd, phase)
+            if self.uses_probe:
+                gp = None if g_probes is None else g_probes[i]
+                if gp is not None and gp.shape != w.shape:
+                    raise ValueError(f"g_probe shape {tuple(gp.shape)} differs from parameter shape {tuple(w.shape)}")
+                kw.update(v_g_probe=None if gp is None else gp.reshape(args[3].shape), phase=phase)
+            steps.append(self._fn(*args, gstate=G, **kw))
+        return runtime.lockstep(steps)
 
     def _prepare(self, w, g, state, hyper, t, hess_diag, batched, role, seed, _phase=None):
         """The generated step function's arguments for one tensor (member layout [M, R, C])."""

@@ -283,10 +283,16 @@ def _update(fn, live: _Live, grads: dict, hess: dict | None, hyp: dict, t: int, 
         if fn.model_wide:  # every parameter at once: model-wide values reduce over them, per member
             seeds = [[param_seed(s, index) for s in live.seeds] for index in range(len(names))] \
                 if fn.uses_random else None
-            new_ws, new_states, group = fn.step_group(
-                [live.params[n] for n in names], [grads[n] for n in names], [live.state[n] for n in names],
-                live.state[GROUP], hyp, t, batched=True, roles=[live.roles[n] for n in names],
-                hess_diags=None if hess is None else [hess[n] for n in names], seeds=seeds)
+            group_inputs = dict(batched=True, roles=[live.roles[n] for n in names], seeds=seeds,
+                                hess_diags=None if hess is None else [hess[n] for n in names])
+            ws, gs, states = [live.params[n] for n in names], [grads[n] for n in names], [live.state[n] for n in names]
+            g_probes = None
+            if grads_at is not None:  # the probe points in lockstep too: global_norm(g) is the model's
+                points = fn.probe_group(ws, gs, states, live.state[GROUP], hyp, t, **group_inputs)
+                at = grads_at(dict(zip(names, points)))
+                g_probes = [at[n] for n in names]
+            new_ws, new_states, group = fn.step_group(ws, gs, states, live.state[GROUP], hyp, t, g_probes=g_probes,
+                                                      **group_inputs)
             return live._replace(params=dict(zip(names, new_ws)), state={**dict(zip(names, new_states)), GROUP: group})
         inputs = {}  # per parameter: the step's keyword arguments
         for index, name in enumerate(live.params):

@@ -29,6 +29,12 @@ probe = w - lr * beta * m
 m = beta * m + g_probe
 w = w - lr * m
 """
+# SAM as the paper writes it: the probe's gradient norm is the model's (a model-wide probe)
+GLOBAL_SAM = """
+hyper lr = 0.1, rho = 0.05
+probe = w + rho * g / (global_norm(g) + 1e-12)
+w = w - lr * g_probe
+"""
 AVERAGE = """
 hyper lr = 0.1
 state a = w
@@ -54,6 +60,10 @@ BAD = [
     ("hyper lr = 0.1\nu = g\nw = w - lr * u\nw_eval = w - u\n", 4, 14, "not 'u'"),
     ("hyper lr = 0.1\nw = w - lr * g\nw_eval = sum(w)\n", 3, 1, "w_eval must have the parameter's shape"),
     ("hyper lr = 0.1\nw = w - lr * g\nif t > 1:\n    w_eval = w\nend\n", 4, 5, "at the top level"),
+    ("hyper lr = 0.1\nw = w - lr * g / global_norm(g)\nw_eval = w\n", 3, 1,
+     "w_eval is not available yet in a program with model-wide values"),
+    ("hyper lr = 0.1\nglobal s = 0\nprobe = w + g\ns = sum(g_probe)\nw = w - lr * s * g_probe\n", 4, 1,
+     "depends on the parameter (through 'g_probe')"),
 ]
 
 
@@ -65,7 +75,7 @@ def test_misuse_is_reported_at_its_line_and_column(text, line, col, phrase):
     assert phrase in info.value.message, info.value.message
 
 
-@pytest.mark.parametrize("text", [SAM, AHEAD, AVERAGE])
+@pytest.mark.parametrize("text", [SAM, AHEAD, AVERAGE, GLOBAL_SAM])
 def test_programs_round_trip_through_their_text(text):
     p = parse(text)
     assert parse(p.to_text()) == p
@@ -165,7 +175,7 @@ def test_sam_with_rho_zero_is_momentum_and_rho_changes_the_run():
     assert not torch.allclose(sam.train[1:], momentum.train[1:], rtol=1e-6)
 
 
-@pytest.mark.parametrize("program", [SAM, AHEAD])
+@pytest.mark.parametrize("program", [SAM, AHEAD, GLOBAL_SAM])
 def test_a_batched_run_with_g_probe_equals_separate_runs(program):
     task = proxies.get("mlp")
     fn = compile_program(program)
@@ -186,6 +196,85 @@ def test_an_elementwise_probe_program_runs_concatenated_as_apart():
     a, b = (run_members(f, task, [0.02, 0.05], [0, 1], 6, dtype=torch.float64) for f in (together, apart))
     torch.testing.assert_close(a.train, b.train, rtol=1e-12, atol=0)
     assert a.final == pytest.approx(b.final, rel=1e-12)
+
+
+# -- a model-wide probe ----------------------------------------------------------------------------
+def _model(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(11,), (7, 5), (4, 3, 2, 2)]]
+
+
+def test_a_model_wide_program_may_have_a_probe_point():
+    p = parse(GLOBAL_SAM)
+    assert p.model_wide and p.uses_probe
+    fn = compile_program(p)
+    assert fn.model_wide and fn.uses_probe and not fn.elementwise
+
+
+def test_probe_group_takes_the_norm_over_the_group_and_per_member():
+    fn = compile_program(GLOBAL_SAM)
+    ws, gs = _model(0), _model(1)
+    norm = torch.sqrt(sum((g * g).sum() for g in gs))
+    points = fn.probe_group(ws, gs, [None] * 3, None, {"rho": 0.3}, 1)
+    for w, g, point in zip(ws, gs, points):
+        torch.testing.assert_close(point, w + 0.3 * g / (norm + 1e-12), rtol=0, atol=1e-13)
+    # one tensor is a model of one tensor: its own norm
+    torch.testing.assert_close(fn.probe(ws[1], gs[1], None, {"rho": 0.3}), ws[1] + 0.3 * gs[1] / gs[1].norm(),
+                               rtol=0, atol=1e-13)
+    # two members, the second with gradients twice as large: each takes its own model's norm
+    bw = [torch.stack([w, w]) for w in ws]
+    bg = [torch.stack([g, 2 * g]) for g in gs]
+    points = fn.probe_group(bw, bg, [None] * 3, None, {"rho": torch.tensor([0.3, 0.3], dtype=torch.float64)}, 1, batched=True)
+    for w, g, point in zip(ws, gs, points):
+        torch.testing.assert_close(point[0], point[1], rtol=0, atol=1e-13)
+        torch.testing.assert_close(point[0], w + 0.3 * g / (norm + 1e-12), rtol=0, atol=1e-13)
+
+
+def test_step_group_takes_the_gradients_at_the_probe_points_as_a_list_or_a_function():
+    fn = compile_program(GLOBAL_SAM)
+    ws, gs = _model(0), _model(1)
+    points = fn.probe_group(ws, gs, [None] * 3, None, None, 1)
+    given = [torch.sin(x) for x in points]
+    a, _, _ = fn.step_group(ws, gs, [None] * 3, None, None, 1, g_probes=given)
+    b, _, _ = fn.step_group(ws, gs, [None] * 3, None, None, 1, g_probes=lambda xs: [torch.sin(x) for x in xs])
+    for w, gp, x, y in zip(ws, given, a, b):
+        torch.testing.assert_close(x, w - 0.1 * gp, rtol=1e-14, atol=0)
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="g_probes"):
+        fn.step_group(ws, gs, [None] * 3, None, None, 1)
+
+
+def test_evaluation_takes_each_members_probe_norm_over_its_own_model():
+    """run_members against torch modules: each member's SAM step written plainly, the norm of
+    the gradients of all the module's parameters."""
+    from optdisco.evaluate import Schedule
+
+    class Constant(Schedule):
+        def factor(self, t, steps):
+            return 1.0
+
+    task = proxies.get("mlp")
+    steps, lrs, seeds = 6, [0.05, 0.2], [0, 1]
+    run = run_members(compile_program(GLOBAL_SAM), task, lrs, seeds, steps, schedule=Constant(),
+                      hyper={"rho": 0.5}, dtype=torch.float64)
+    for i, (lr, seed) in enumerate(zip(lrs, seeds)):
+        module = task.make_module(seed, dtype=torch.float64)
+        params = list(module.parameters())
+        for step in range(steps):
+            loss = task.module_loss(module, step, seed)
+            assert loss.item() == pytest.approx(float(run.train[step, i]), rel=1e-10)
+            gs = torch.autograd.grad(loss, params)
+            norm = torch.sqrt(sum((g * g).sum() for g in gs))
+            with torch.no_grad():
+                saved = [p.clone() for p in params]
+                for p, g in zip(params, gs):
+                    p.add_(0.5 * g / (norm + 1e-12))
+            gps = torch.autograd.grad(task.module_loss(module, step, seed), params)
+            with torch.no_grad():
+                for p, w, gp in zip(params, saved, gps):
+                    p.copy_(w - lr * gp)
+        for name, p in module.named_parameters():
+            torch.testing.assert_close(run.params[name][i], p.detach(), rtol=1e-10, atol=1e-12)
 
 
 def test_evaluate_runs_sam_and_schedule_free():

@@ -4,10 +4,12 @@ checked against pytorch_optimizer 4.1.0.
 Schedule-Free AdamW (training weights and, after every step, its evaluation weights), SAM over SGD
 and over AdamW, and MARS are driven side by side with their pytorch_optimizer classes from the same
 initial parameter for 60 steps on 1-D, 2-D and 4-D parameters in float64, with weight decay off and
-on. SAM needs a loss, not a gradient sequence: each step has its own smooth nonconvex loss, whose
-gradient our side takes in closed form at w and at the probe point, and the reference through its
-closure. pytorch_optimizer sums SAM's squared gradient norm in float32; with that sum done in
-float64 (a patch of its ``get_global_gradient_norm``) the programs match to 1e-13.
+on; SAM on one model of all three (its probe's gradient norm is the model's), through the step
+function's step_group and the exported optimizer's step(closure). SAM needs a loss, not a gradient
+sequence: each step has its own smooth nonconvex loss, whose gradient our side takes in closed form
+at w and at the probe point, and the reference through its closure. pytorch_optimizer sums SAM's
+squared gradient norm in float32; with that sum done in float64 (a patch of its
+``get_global_gradient_norm``) the programs match to 1e-13.
 """
 
 from __future__ import annotations
@@ -108,17 +110,21 @@ def test_exported_schedulefree_adamw_eval_and_train_match_the_reference():
 
 
 # -- SAM -------------------------------------------------------------------------------------------
-def losses(shape, steps, seed=3):
-    """(loss(i, w), its gradient grad(i, w)): step i's smooth nonconvex loss."""
+# one model of a 1-D, a 2-D and a 4-D tensor: SAM's gradient norm is taken over all three
+MODEL = list(SHAPES.values())
+
+
+def losses(shapes, steps, seed=3):
+    """(loss(i, ws), its gradients grad(i, ws)): step i's smooth nonconvex loss of the tensors ws."""
     gen = torch.Generator().manual_seed(seed)
-    A = [torch.rand(shape, generator=gen, dtype=torch.float64) + 0.5 for _ in range(steps)]
-    B = [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(steps)]
+    A = [[torch.rand(s, generator=gen, dtype=torch.float64) + 0.5 for s in shapes] for _ in range(steps)]
+    B = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(steps)]
 
-    def loss(i, w):
-        return 0.5 * (A[i] * w * w).sum() + (B[i] * w).sum() + 0.3 * torch.cos(w).sum()
+    def loss(i, ws):
+        return sum(0.5 * (a * w * w).sum() + (b * w).sum() + 0.3 * torch.cos(w).sum() for a, b, w in zip(A[i], B[i], ws))
 
-    def grad(i, w):
-        return A[i] * w + B[i] - 0.3 * torch.sin(w)
+    def grad(i, ws):
+        return [a * w + b - 0.3 * torch.sin(w) for a, b, w in zip(A[i], B[i], ws)]
 
     return loss, grad
 
@@ -129,44 +135,88 @@ def float64_norm(param_groups, device=None, *, weight_adaptive=False):
 
 
 SAMS = {
-    "sam_sgd": (lambda p, wd: po.SAM([p], torch.optim.SGD, rho=0.05, lr=0.05, momentum=0.9, weight_decay=wd),
+    "sam_sgd": (lambda ps, wd: po.SAM(ps, torch.optim.SGD, rho=0.05, lr=0.05, momentum=0.9, weight_decay=wd),
                 lambda wd: {"lr": 0.05, "wd": wd}),
-    "sam_adamw": (lambda p, wd: po.SAM([p], torch.optim.AdamW, rho=0.05, lr=1e-2, weight_decay=wd),
+    "sam_adamw": (lambda ps, wd: po.SAM(ps, torch.optim.AdamW, rho=0.05, lr=1e-2, weight_decay=wd),
                   lambda wd: {"lr": 1e-2, "wd": wd}),
 }
 
 
-def compare_sam(name, shape, wd):
-    make, hyper = SAMS[name]
-    loss, grad = losses(shape, STEPS)
-    fn = compile_program(library.load(name))
-    w, state, ours = initial_param(shape), None, []
-    for i in range(STEPS):
-        w, state = fn(w, grad(i, w), state, hyper(wd), i + 1, g_probe=lambda x, i=i: grad(i, x))
-        ours.append(w.clone())
-    p = torch.nn.Parameter(initial_param(shape))
-    opt = make(p, wd)
-    ref = []
-    for i in range(STEPS):
+def start(shapes):
+    return [initial_param(s, seed=1 + i) for i, s in enumerate(shapes)]
+
+
+def sam_reference(make, ws, loss, steps, wd):
+    """pytorch_optimizer's SAM on the tensors ws (one optimizer): their values after each step."""
+    ps = [torch.nn.Parameter(w.clone()) for w in ws]
+    return step_with_closure(make(ps, wd), ps, loss, steps)
+
+
+def step_with_closure(opt, ps, loss, steps):
+    out = []
+    for i in range(steps):
         def closure(i=i):
             opt.zero_grad()
-            value = loss(i, p)
+            value = loss(i, ps)
             value.backward()
             return value
 
         closure()
         opt.step(closure)
-        ref.append(p.detach().clone())
-    return rel_diff(ours, ref)
+        out.append([p.detach().clone() for p in ps])
+    return out
+
+
+def compare_sam(name, shapes, wd):
+    """(the step function's largest difference from the reference, the exported optimizer's),
+    relative to the largest |w|, over every tensor and step."""
+    make, hyper = SAMS[name]
+    loss, grad = losses(shapes, STEPS)
+    fn = compile_program(library.load(name))
+    ws, states, gstate, ours = start(shapes), [None] * len(shapes), None, []
+    for i in range(STEPS):
+        ws, states, gstate = fn.step_group(ws, grad(i, ws), states, gstate, hyper(wd), i + 1,
+                                           g_probes=lambda points, i=i: grad(i, points))
+        ours.append(ws)
+    ps = [torch.nn.Parameter(w) for w in start(shapes)]
+    exported = step_with_closure(to_optimizer(name, ps, **hyper(wd)), ps, loss, STEPS)
+    ref = sam_reference(make, start(shapes), loss, STEPS, wd)
+
+    def diff(a, b):
+        return rel_diff([x for step in a for x in step], [x for step in b for x in step])
+
+    return diff(ours, ref), diff(exported, ref)
 
 
 @pytest.mark.parametrize("name", list(SAMS))
-@params
 @decays
-def test_sam_matches_pytorch_optimizer(name, shape, wd, monkeypatch):
-    assert compare_sam(name, shape, wd) < 1e-8  # the reference's float32 norm
+def test_sam_matches_pytorch_optimizer_on_a_whole_model(name, wd, monkeypatch):
+    """A 1-D, a 2-D and a 4-D tensor in one optimizer, through step_group and through the exported
+    optimizer's step(closure): the probe's gradient norm is the model's, as the reference's."""
+    assert max(compare_sam(name, MODEL, wd)) < 1e-8  # the reference's float32 norm
     monkeypatch.setattr(sam_module, "get_global_gradient_norm", float64_norm)
-    assert compare_sam(name, shape, wd) < TIGHT
+    assert max(compare_sam(name, MODEL, wd)) < TIGHT
+
+
+@pytest.mark.parametrize("name", list(SAMS))
+def test_sams_probe_norm_is_the_models_not_each_tensors(name, monkeypatch):
+    """Each tensor stepped alone (a model of one tensor, its own norm) departs from the reference
+    on the whole model."""
+    monkeypatch.setattr(sam_module, "get_global_gradient_norm", float64_norm)
+    make, hyper = SAMS[name]
+    loss, grad = losses(MODEL, 10)
+    fn = compile_program(library.load(name))
+    ws, states, alone = start(MODEL), [None] * len(MODEL), []
+    for i in range(10):
+        gs = grad(i, ws)
+        for k in range(len(ws)):
+            def grad_k(x, i=i, k=k):
+                return grad(i, ws[:k] + [x] + ws[k + 1:])[k]
+
+            ws[k], states[k] = fn(ws[k], gs[k], states[k], hyper(0.1), i + 1, g_probe=grad_k)
+        alone.append(list(ws))
+    ref = sam_reference(make, start(MODEL), loss, 10, 0.1)
+    assert rel_diff(alone[-1], ref[-1]) > 1e-6
 
 
 def test_sam_defaults_are_the_references():
@@ -179,17 +229,16 @@ def test_sam_defaults_are_the_references():
 
 
 @pytest.mark.parametrize("name", list(SAMS))
-def test_exported_sam_matches_pytorch_optimizer_on_a_one_tensor_model(name, monkeypatch):
-    """Through step(closure), on a linear layer without bias (one tensor: the per-tensor norm is the
-    model's)."""
+def test_exported_sam_matches_pytorch_optimizer_on_a_network(name, monkeypatch):
+    """Through step(closure), on a two-layer tanh network (weights and biases: one model)."""
     monkeypatch.setattr(sam_module, "get_global_gradient_norm", float64_norm)
     make, hyper = SAMS[name]
     torch.manual_seed(0)
-    ours_model = torch.nn.Linear(5, 3, bias=False).double()
-    ref_model = torch.nn.Linear(5, 3, bias=False).double()
+    ours_model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
+    ref_model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
     ref_model.load_state_dict(ours_model.state_dict())
     ours = to_optimizer(name, ours_model.parameters(), **hyper(0.1))
-    ref = make(ref_model.weight, 0.1)
+    ref = make(ref_model.parameters(), 0.1)
     gen = torch.Generator().manual_seed(1)
     for _ in range(20):
         x, y = torch.randn(8, 5, generator=gen, dtype=torch.float64), torch.randn(8, 3, generator=gen, dtype=torch.float64)
@@ -202,7 +251,8 @@ def test_exported_sam_matches_pytorch_optimizer_on_a_one_tensor_model(name, monk
 
             closure()
             opt.step(closure)
-        torch.testing.assert_close(ours_model.weight.detach(), ref_model.weight.detach(), rtol=1e-12, atol=1e-14)
+    for a, b in zip(ours_model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-12, atol=1e-14)
 
 
 # -- MARS ------------------------------------------------------------------------------------------
