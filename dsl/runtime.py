@@ -208,24 +208,30 @@ def where(c, a, b):
 _ALL = (-2, -1)
 
 
-def sum(x):  # noqa: A001
-    return x.sum(dim=_ALL, keepdim=True)
+def _axis_stats(dim):
+    def s_sum(x):
+        return x.sum(dim=dim, keepdim=True)
+
+    def s_mean(x):
+        return x.mean(dim=dim, keepdim=True)
+
+    def s_rms(x):
+        return x.square().mean(dim=dim, keepdim=True).sqrt()
+
+    def s_norm(x):
+        return torch.linalg.vector_norm(x, dim=dim, keepdim=True)
+
+    def s_std(x):
+        return x.std(dim=dim, keepdim=True)
+
+    def s_maxabs(x):
+        return x.abs().amax(dim=dim, keepdim=True)
+
+    return s_sum, s_mean, s_rms, s_norm, s_std, s_maxabs
 
 
-def mean(x):
-    return x.mean(dim=_ALL, keepdim=True)
-
-
-def rms(x):
-    return x.square().mean(dim=_ALL, keepdim=True).sqrt()
-
-
-def norm(x):
-    return torch.linalg.vector_norm(x, dim=_ALL, keepdim=True)
-
-
-def maxabs(x):
-    return x.abs().amax(dim=_ALL, keepdim=True)
+# whole-tensor reductions (std is Bessel-corrected over all elements, below)
+sum, mean, rms, norm, _std_bessel_per_axis, maxabs = _axis_stats(_ALL)  # noqa: A001
 
 
 def std(x):
@@ -276,28 +282,6 @@ def quantile(x, q):
     hi = hi.expand(s.shape[0], 1)
     v = torch.gather(s, -1, lo) * (1 - frac) + torch.gather(s, -1, hi) * frac
     return v.reshape(x.shape[:-2] + (1, 1))
-
-
-def _axis_stats(dim):
-    def s_sum(x):
-        return x.sum(dim=dim, keepdim=True)
-
-    def s_mean(x):
-        return x.mean(dim=dim, keepdim=True)
-
-    def s_rms(x):
-        return x.square().mean(dim=dim, keepdim=True).sqrt()
-
-    def s_norm(x):
-        return torch.linalg.vector_norm(x, dim=dim, keepdim=True)
-
-    def s_std(x):
-        return x.std(dim=dim, keepdim=True)
-
-    def s_maxabs(x):
-        return x.abs().amax(dim=dim, keepdim=True)
-
-    return s_sum, s_mean, s_rms, s_norm, s_std, s_maxabs
 
 
 rowsum, rowmean, rowrms, rownorm, rowstd, rowmaxabs = _axis_stats(-1)

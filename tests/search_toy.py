@@ -132,3 +132,17 @@ def suite_eval(program, tier, device=None) -> Outcome:
     if tier.references is None:
         return Outcome(math.exp(sum(math.log(f) for f in by.values()) / len(by)), details)
     return Outcome(aggregate(ratios(by, dict(tier.references))), details)
+
+
+def toml_config(budget: int, seed_programs, population: int, tournament: int, tiers, seed: int | None = None) -> str:
+    """A search config file on the quadratic task, local executor, one worker; ``tiers`` is a list of
+    ``(steps, seeds, points)`` (a second and later tier promote half)."""
+    head = [f"budget = {budget}", 'executor = "local"', "workers = 1"] + ([f"seed = {seed}"] if seed is not None else [])
+    head += ["seed_programs = [" + ", ".join(f'"{p}"' for p in seed_programs) + "]",
+             f"population = {population}", f"tournament = {tournament}"]
+    text = "\n" + "\n".join(head) + "\n"
+    for i, (steps, seeds, points) in enumerate(tiers):
+        text += f'\n[[tiers]]\ntask = "quadratic"\nsteps = {steps}\nseeds = {seeds}\npoints = {points}\n'
+        if i:
+            text += "promote = 0.5\n"
+    return text

@@ -9,29 +9,9 @@ pytest.importorskip("optdisco.evaluate.protocol")
 
 from optdisco.search import Run  # noqa: E402
 from optdisco.search.cli import main  # noqa: E402
+from search_toy import toml_config  # noqa: E402
 
-CONFIG = """
-budget = 8
-executor = "local"
-workers = 1
-seed = 1
-seed_programs = ["sgd", "momentum"]
-population = 6
-tournament = 2
-
-[[tiers]]
-task = "quadratic"
-steps = 20
-seeds = 1
-points = 3
-
-[[tiers]]
-task = "quadratic"
-steps = 40
-seeds = 1
-points = 3
-promote = 0.5
-"""
+CONFIG = toml_config(8, ["sgd", "momentum"], 6, 2, [(20, 1, 3), (40, 1, 3)], seed=1)
 
 
 def test_search_resume_report_simplify(tmp_path, capsys):

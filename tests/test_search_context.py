@@ -14,29 +14,9 @@ from optdisco.evaluate.schedule import Schedule  # noqa: E402
 from optdisco.search import Run  # noqa: E402
 from optdisco.search.cli import main  # noqa: E402
 from optdisco.search.context import tuned_context  # noqa: E402
+from search_toy import toml_config  # noqa: E402
 
-CONFIG = """
-budget = 6
-executor = "local"
-workers = 1
-seed = 2
-seed_programs = ["sgd", "adam"]
-population = 4
-tournament = 2
-
-[[tiers]]
-task = "quadratic"
-steps = 60
-seeds = 2
-points = 3
-
-[[tiers]]
-task = "quadratic"
-steps = 60
-seeds = 2
-points = 3
-promote = 0.5
-"""
+CONFIG = toml_config(6, ["sgd", "adam"], 4, 2, [(60, 2, 3), (60, 2, 3)], seed=2)
 
 
 @pytest.fixture(scope="module")

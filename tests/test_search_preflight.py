@@ -14,21 +14,9 @@ pytest.importorskip("optdisco.evaluate.protocol")
 from optdisco.search import Run, Search, SearchConfig  # noqa: E402
 from optdisco.search.cli import main  # noqa: E402
 from optdisco.search.store import SCHEMA_VERSION, RunStore  # noqa: E402
+from search_toy import toml_config  # noqa: E402
 
-TINY = """
-budget = 4
-executor = "local"
-workers = 1
-seed_programs = ["sgd", "momentum"]
-population = 4
-tournament = 2
-
-[[tiers]]
-task = "quadratic"
-steps = 10
-seeds = 1
-points = 2
-"""
+TINY = toml_config(4, ["sgd", "momentum"], 4, 2, [(10, 1, 2)])
 
 
 def _one_line_error(capsys, command):

@@ -10,32 +10,12 @@ from optdisco.evaluate.validate import validate  # noqa: E402
 from optdisco.search import Run  # noqa: E402
 from optdisco.search.cli import main  # noqa: E402
 from optdisco.search.report import best_so_far  # noqa: E402
+from search_toy import toml_config  # noqa: E402
 
 # momentum with a clip that never acts: simplify removes it (same behaviour), so it records a program
 PLANTED = "# Planted\nhyper lr = 0.01, mu = 0.9\nstate b = zeros\ngc = clip(g, -1e20, 1e20)\nb = mu * b + gc\nw = w - lr * b\n"
 
-CONFIG = """
-budget = 4
-executor = "local"
-workers = 1
-seed = 1
-seed_programs = ["PLANTED", "sgd"]
-population = 4
-tournament = 2
-
-[[tiers]]
-task = "quadratic"
-steps = 30
-seeds = 1
-points = 3
-
-[[tiers]]
-task = "quadratic"
-steps = 30
-seeds = 2
-points = 3
-promote = 0.5
-"""
+CONFIG = toml_config(4, ["PLANTED", "sgd"], 4, 2, [(30, 1, 3), (30, 2, 3)], seed=1)
 
 
 def test_report_keeps_later_work_out_of_the_search(tmp_path, capsys):
