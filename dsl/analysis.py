@@ -8,7 +8,8 @@ step generators (:mod:`optdisco.dsl.compiler`, :mod:`optdisco.dsl.foreach`,
   is written out from the same ``routing``);
 - ``acts_elementwise``: whether parameters may be updated concatenated, the one elementwise
   test (``splits_elementwise`` adds what stepping one parameter in slices needs);
-- ``mixed_names``: names given a static value in one place and a tensor in another.
+- ``mixed_names``: names given a static value in one place and a tensor in another;
+- ``model_hypers``: the hyperparameters a model-wide program's global states are computed from.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Iterator
 from . import runtime
 from .checker import CheckInfo
 from .layout import shape_info
-from .primitives import BINARY_OPERATORS, ELEMENTWISE, PARAM, SHAPE_INPUTS
-from .program import Assign, BinOp, Call, Expr, Name, Num, Program, Unary, names_in, walk_exprs, walk_stmts
+from .primitives import BINARY_OPERATORS, ELEMENTWISE, GLOBAL, PARAM, SHAPE_INPUTS
+from .program import (Assign, BinOp, Call, Expr, Name, Num, Program, Unary, names_in, reaching, walk_exprs,
+                      walk_stmts)
 
 
 class Unknown(Exception):
@@ -195,3 +197,30 @@ def mixed_names(program: Program, info: CheckInfo) -> set[str]:
             if t is None or not t.static:
                 computed.add(st.target)
     return computed
+
+
+def _names_outside_reductions(e: Expr) -> set[str]:
+    """The names an expression reads, leaving out the arguments of model-wide reductions."""
+    if isinstance(e, Call) and e.fn in GLOBAL:
+        return set()
+    if isinstance(e, Call):
+        return set().union(*(_names_outside_reductions(a) for a in e.args))
+    if isinstance(e, BinOp):
+        return _names_outside_reductions(e.left) | _names_outside_reductions(e.right)
+    if isinstance(e, Unary):
+        return _names_outside_reductions(e.operand)
+    return names_in(e)
+
+
+def model_hypers(program: Program) -> frozenset:
+    """The hyperparameters the global states are computed from, outside model-wide reductions.
+
+    A global state is one value for the whole model, computed alike by every parameter's step
+    from the reductions' totals: a hyperparameter that enters it there (Prodigy's lr, d0, d_coef,
+    growth_rate, beta2) must be the same for every parameter. Hyperparameters inside a
+    reduction's argument (each parameter's share, with its own group's values) and those the
+    per-parameter statements read (weight decay) may differ between parameter groups."""
+    roots = [s.name for s in program.global_states]
+    if not roots:
+        return frozenset()
+    return frozenset(reaching(program, roots, _names_outside_reductions) & set(program.hyper_defaults))

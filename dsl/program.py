@@ -100,7 +100,7 @@ class State:
     ``storage`` is ``"float"`` or a quantized format (``"q8"`` signed, ``"uq8"`` unsigned).
 
     ``storage == "global"`` (declared ``global d = d0``) is a model-wide scalar instead: one value
-    per parameter group (per member in evaluation), carried across steps, started from constants
+    per model (per exported optimizer, over all its groups; per member in evaluation), carried across steps, started from constants
     and hyperparameters."""
 
     name: str
@@ -238,28 +238,34 @@ def names_in(e: Expr) -> set[str]:
     return names
 
 
-def influences_w(p: Program) -> set[str]:
-    """Names whose value can reach w (or the evaluation weights w_eval) in this or a later step (flow-insensitive, so it never
-    misses a dependency: through statements, if-conditions and state initialisers)."""
+def reaching(p: Program, roots, read=names_in) -> set[str]:
+    """The names whose value can reach one of ``roots`` in this or a later step, the roots
+    included (flow-insensitive, so it never misses a dependency: through statements, if-conditions
+    and state initialisers). ``read(e)`` gives the names an expression passes on."""
     deps: dict[str, set[str]] = {}
 
     def visit(body, ctx: set[str]):
         for s in body:
             if isinstance(s, If):
-                c = names_in(s.cond)
+                c = read(s.cond)
                 visit(s.then, ctx | c)
                 visit(s.orelse, ctx | c)
             else:
-                deps.setdefault(s.target, set()).update(names_in(s.value) | ctx)
+                deps.setdefault(s.target, set()).update(read(s.value) | ctx)
 
     visit(p.body, set())
     for st in p.states:
-        deps.setdefault(st.name, set()).update(names_in(st.init))
+        deps.setdefault(st.name, set()).update(read(st.init))
     live: set[str] = set()
-    todo = ["w", W_EVAL]
+    todo = list(roots)
     while todo:
         n = todo.pop()
         if n not in live:
             live.add(n)
             todo.extend(deps.get(n, ()))
     return live
+
+
+def influences_w(p: Program) -> set[str]:
+    """Names whose value can reach w (or the evaluation weights w_eval) in this or a later step."""
+    return reaching(p, ["w", W_EVAL])
