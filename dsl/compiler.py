@@ -171,7 +171,7 @@ def generate_init_source(program: Program, info: CheckInfo | None = None, fn_nam
     lines = [f"def {fn_name}({', '.join(['hyper'] + [_var(n) for n in INPUTS] + ['need'])}):"]
     lines += gen.hyper_lines()
     lines.append("    state = {}")
-    for s in program.param_states:  # global states live with the parameter group
+    for s in program.param_states:  # global states live in the parameter groups
         lines.append(f"    if {s.name!r} in need:")
         lines.append(f"        {_var(s.name)} = {gen.init_code(s)}")
         lines.append("        " + gen.store_line(s, "state"))

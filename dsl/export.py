@@ -24,7 +24,7 @@ import keyword
 import re
 
 from . import layout, optimizer_base, runtime
-from .analysis import splits_elementwise
+from .analysis import model_hypers, splits_elementwise
 from .checker import check
 from .compiler import generate_init_source, generate_needed_source, generate_source
 from .foreach import generate_foreach_source
@@ -207,6 +207,12 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
         + ("\n\nThis program reads g_probe, the gradient at its probe point: call ``loss.backward()``, then\n"
            "``step(closure)`` where closure() clears the gradients, computes the loss, calls ``loss.backward()``\n"
            "and returns the loss (as pytorch_optimizer's SAM)." if program.uses_probe else "")
+        + ("\n\nThis program computes model-wide values: its reductions and global states run over every\n"
+           "parameter of every group (one model). " + (
+               f"The global states are computed from\n{', '.join(sorted(model_hypers(program)))}: these must be "
+               "the same in every parameter group." if model_hypers(program) else
+               "Each parameter uses its own group's hyperparameters.")
+           if program.model_wide else "")
         + ("\n\nThis program has evaluation weights (w_eval): call ``eval()`` before evaluating the model and\n"
            "``train()`` before training again (as pytorch_optimizer's ScheduleFreeAdamW)."
            if program.has_eval_weights else "")
@@ -279,6 +285,7 @@ def export_python(program, class_name: str = "DiscoveredOptimizer", tuned: dict 
         f"    STATE_NAMES = {tuple(s.name for s in program.param_states)!r}",
         f"    GLOBALS = {tuple(s.name for s in program.global_states)!r}",
         f"    MODEL_WIDE = {program.model_wide!r}",
+        f"    MODEL_HYPERS = {tuple(sorted(model_hypers(program)))!r}",
         f"    PARAM_STATES = frozenset({param_states!r})",
         f"    READS = {tuple(reads)!r}",
         f"    USES_HESS_DIAG = {program.uses_hess_diag!r}",

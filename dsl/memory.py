@@ -12,7 +12,7 @@ at its symbolic shape (``r×c``, ``r×1``, ``1×c``, ``r×r``, ``c×c``, ``1×1`
   bitsandbytes keeps small tensors (``optdisco.dsl.runtime.Q_BLOCK``, ``Q_MIN_NUMEL``);
 
 plus a float32 step counter (4 bytes) for a parameter whose routing reads ``t``. A global
-(model-wide) state is one scalar per parameter group, kept in the group rather than in any
+(model-wide) state is one scalar per model, kept in the parameter groups rather than in any
 parameter's state, and counts 0 bytes per element.
 
 The memory objective is the total over a stated reference model divided by its number of

@@ -39,10 +39,16 @@ calls ``ProgramOptimizer.__init__`` with its hyperparameters. What it does:
   evaluation seeds a member's parameters); the noise is a function of that seed, the step count
   and the call site, so a run resumed from a ``state_dict`` draws exactly the noise of an unbroken one.
 - Programs with model-wide values (``global_norm``, ``clip_by_global_norm``, ``global d = …``)
-  step each parameter group as one model: the reductions run over the group's parameters that
-  have a gradient, and the global states live in the group, ``group["global_state"]`` (a dict of
-  0-dim tensors), so ``state_dict``/``load_state_dict`` carry them. They run the per-tensor step
-  only: ``foreach=True`` and ``compile=True`` are refused.
+  step all their parameters as one model, across parameter groups (as
+  ``clip_grad_norm_(model.parameters())``, SAM's gradient norm and Prodigy's sums do): the
+  reductions run over every parameter that has a gradient, each parameter's share and its own
+  statements computed with its group's hyperparameters. The global states are one set for the
+  model, kept (the same) in every group, ``group["global_state"]`` (a dict of 0-dim tensors), so
+  ``state_dict``/``load_state_dict`` carry them. The hyperparameters they are computed from
+  outside the reductions (``MODEL_HYPERS``: Prodigy's lr, d0, d_coef, growth_rate, beta2) must be
+  the same in every group: ``ValueError`` when a group is added or a step is taken otherwise;
+  the rest (weight decay, say) may differ. They run the per-tensor step only: ``foreach=True``
+  and ``compile=True`` are refused.
 - Programs that read ``hess_diag`` need ``step(closure)``: the closure must clear the gradients,
   compute the loss, call ``loss.backward(create_graph=True)`` and return the loss. The optimizer
   then forms Hutchinson's estimate ``z * (H z)`` with one Rademacher vector ``z`` per parameter
@@ -60,8 +66,8 @@ calls ``ProgramOptimizer.__init__`` with its hyperparameters. What it does:
   ``state_dict`` taken in evaluation mode is complete); ``train()`` puts them back. ``step()``
   refuses to run in evaluation mode. For other programs both do nothing.
 - Programs with ``probe`` or ``w_eval`` run the per-tensor step only. A program with model-wide
-  values may have a probe point (not ``w_eval``): the probe phases of a group's parameters run in
-  lockstep, so ``global_norm(g)`` in ``probe = …`` is the group's gradient norm.
+  values may have a probe point (not ``w_eval``): the probe phases of all parameters run in
+  lockstep, so ``global_norm(g)`` in ``probe = …`` is the model's gradient norm, over all groups.
 """
 
 import math
@@ -71,7 +77,7 @@ import torch
 from .layout import ROLES, SHAPE_INPUTS, from_step_state, shape_info, to_step_state
 STEP_KEY = "step"
 SEED_KEY = "seed"
-GLOBAL_KEY = "global_state"  # a parameter group's model-wide states
+GLOBAL_KEY = "global_state"  # the model-wide states, kept (the same) in every parameter group
 TRAIN_KEY = "w_train"  # the training weights, while an optimizer with evaluation weights is in eval()
 # On the CPU the multi-tensor step runs on blocks of about this many elements, so that the
 # several passes of one step reuse the cache instead of streaming the whole model each time.
@@ -206,7 +212,8 @@ class ProgramOptimizer(torch.optim.Optimizer):
     HYPERS = {}  # hyperparameter name -> default
     STATE_NAMES = ()  # the program's per-parameter states, in declaration order
     GLOBALS = ()  # the program's model-wide (global) states
-    MODEL_WIDE = False  # the program computes model-wide values: a group steps as one model
+    MODEL_WIDE = False  # the program computes model-wide values: all parameters step as one model
+    MODEL_HYPERS = ()  # hyperparameters the global states are computed from: the same in every group
     PARAM_STATES = frozenset()  # the states with the parameter's shape
     READS = ()  # the shape inputs (SHAPE_INPUTS) the program reads
     USES_HESS_DIAG = False
@@ -332,6 +339,8 @@ class ProgramOptimizer(torch.optim.Optimizer):
             param_group = group
         for k in self.HYPERS:
             _check_hyper(k, param_group[k] if k in param_group else self.defaults[k], self.DECAYS)
+        if self.MODEL_HYPERS:
+            self._check_model_hypers([*getattr(self, "param_groups", []), param_group])
         super().add_param_group(param_group)
 
     # -- per-parameter facts ---------------------------------------------------------------
@@ -412,13 +421,19 @@ class ProgramOptimizer(torch.optim.Optimizer):
         if self.USES_PROBE:
             loss, self._probe_grads = self._gradients_at_probe(closure, hess)
         try:
-            for gi, group in enumerate(self.param_groups):
-                self._step_group(gi, group, hess)
+            if self.MODEL_WIDE:
+                self._check_model_hypers(self.param_groups)
+                self._run_model_wide([self._entries(group, hess) for group in self.param_groups])
+            else:
+                for gi, group in enumerate(self.param_groups):
+                    self._step_group(gi, group, hess)
         finally:
             self._probe_grads = None
         return loss
 
-    def _step_group(self, gi, group, hess):
+    def _entries(self, group, hess):
+        """(the group's hyperparameters, [(p, g, its state, its static inputs, its hess_diag)] for
+        every parameter of the group that has a gradient, its state created at its first step)."""
         hyper = {k: float(group[k]) for k in self.HYPERS}
         role = group["role"]
         entries = []
@@ -437,11 +452,13 @@ class ProgramOptimizer(torch.optim.Optimizer):
             if not state and (self.USES_T or self.STATE_NAMES or self.RANDOM):
                 self._init_param_state(p, g, hd, hyper, info, state)
             entries.append((p, g, state, info, hd))
+        return hyper, entries
+
+    def _step_group(self, gi, group, hess):
+        hyper, entries = self._entries(group, hess)
         if not entries:
             return
-        if self.MODEL_WIDE:
-            self._run_model_wide(group, entries, hyper)
-        elif self.compile:
+        if self.compile:
             self._run_compiled(gi, entries, hyper)
         elif self.foreach:
             self._run_foreach(entries, hyper)
@@ -465,33 +482,54 @@ class ProgramOptimizer(torch.optim.Optimizer):
             self._from_program(new_s, p, state)  # first: a state set to w itself is copied before p changes
             _write_back(p, w_in, new_w)
 
-    def _run_model_wide(self, group, entries, hyper):
-        """The per-tensor steps of every parameter of the group, run in lockstep: each yields its
-        share of a model-wide reduction and gets the group's total back. The global states are
-        read from and written to ``group[GLOBAL_KEY]`` (created at the group's first step)."""
+    def _stored_global(self):
+        """The model-wide states kept in the parameter groups (the same in each), or None before
+        the first step."""
+        return next((g[GLOBAL_KEY] for g in self.param_groups if GLOBAL_KEY in g), None)
+
+    def _check_model_hypers(self, groups):
+        """The hyperparameters the global states are computed from must agree across groups."""
+        for k in self.MODEL_HYPERS:
+            values = [float(g[k]) if k in g else float(self.defaults[k]) for g in groups]
+            if any(v != values[0] and not (math.isnan(v) and math.isnan(values[0])) for v in values):
+                raise ValueError(
+                    f"{type(self).__name__}: hyperparameter {k!r} enters the model-wide state "
+                    f"({', '.join(self.GLOBALS)}), which all parameter groups share, so it must be the same in "
+                    f"every group; the groups have {values}")
+
+    def _run_model_wide(self, grouped):
+        """The per-tensor steps of every parameter of every group, run in lockstep, each with its
+        group's hyperparameters: each yields its share of a model-wide reduction and gets the
+        model's total back (over all groups, as SAM's gradient norm and Prodigy's sums). The global
+        states are read from and written to every group's ``group[GLOBAL_KEY]``."""
         step = type(self)._step_tensor
-        stored = group.get(GLOBAL_KEY)
-        steps, inputs = [], []
-        for p, g, state, info, hd in entries:
-            t = _advance(state)
-            lay = (1, info[0], info[1])
-            gstate = None
-            if stored is not None:
-                gstate = {n: v.to(p.device).reshape(1, 1, 1) for n, v in stored.items()}
-            w_in = p.reshape(lay)
-            inputs.append(w_in)
-            seed = None
-            if self.RANDOM:
-                seed = torch.full((1, 1, 1), state[SEED_KEY], dtype=torch.int64, device=p.device)
-            probe = {"v_g_probe": self._probe_grads[p].reshape(lay)} if self.USES_PROBE else {}
-            steps.append(step(self._to_program(state, lay), hyper, False, w_in, g.reshape(lay), t,
-                              None if hd is None else hd.reshape(lay), *info, need=self._present(state),
-                              seed=seed, gstate=gstate, **probe))
+        stored = self._stored_global()
+        steps, inputs, entries = [], [], []
+        for hyper, group_entries in grouped:
+            for p, g, state, info, hd in group_entries:
+                t = _advance(state)
+                lay = (1, info[0], info[1])
+                gstate = None
+                if stored is not None:
+                    gstate = {n: v.to(p.device).reshape(1, 1, 1) for n, v in stored.items()}
+                w_in = p.reshape(lay)
+                inputs.append(w_in)
+                entries.append((p, state))
+                seed = None
+                if self.RANDOM:
+                    seed = torch.full((1, 1, 1), state[SEED_KEY], dtype=torch.int64, device=p.device)
+                probe = {"v_g_probe": self._probe_grads[p].reshape(lay)} if self.USES_PROBE else {}
+                steps.append(step(self._to_program(state, lay), hyper, False, w_in, g.reshape(lay), t,
+                                  None if hd is None else hd.reshape(lay), *info, need=self._present(state),
+                                  seed=seed, gstate=gstate, **probe))
+        if not steps:
+            return
         results = type(self)._lockstep(steps)
-        for (p, g, state, info, hd), w_in, (new_w, new_s, _) in zip(entries, inputs, results):
+        for (p, state), w_in, (new_w, new_s, _) in zip(entries, inputs, results):
             _write_back(p, w_in, new_w)
             self._from_program(new_s, p, state)
-        group[GLOBAL_KEY] = {n: v.reshape(()).clone() for n, v in results[0][2].items()}
+        for group in self.param_groups:
+            group[GLOBAL_KEY] = {n: v.reshape(()).clone() for n, v in results[0][2].items()}
 
     def _run_foreach(self, entries, hyper):
         ts = [1] * len(entries)
@@ -650,11 +688,12 @@ class ProgramOptimizer(torch.optim.Optimizer):
                 "then step(closure), where closure() clears the gradients, computes the loss, calls loss.backward() "
                 "and returns the loss (as pytorch_optimizer's SAM)")
         step = type(self)._step_tensor
-        saved = []  # (p, its weights, its gradient, its probe point)
+        if self.MODEL_WIDE:
+            self._check_model_hypers(self.param_groups)
+        stored = self._stored_global() if self.MODEL_WIDE else None
+        points = []  # (p, its gradient, the probe phase of its step: a point, or a generator if model-wide)
         for group in self.param_groups:
             hyper = {k: float(group[k]) for k in self.HYPERS}
-            points = []  # (p, its gradient, the probe phase of its step: a point, or a generator if model-wide)
-            stored = group.get(GLOBAL_KEY) if self.MODEL_WIDE else None
             for p in group["params"]:
                 g = p.grad
                 if g is None:
@@ -674,13 +713,12 @@ class ProgramOptimizer(torch.optim.Optimizer):
                     wide["gstate"] = None if stored is None else {
                         n: v.to(p.device).reshape(1, 1, 1) for n, v in stored.items()}
                 points.append((p, g, step(self._to_program(state, lay), hyper, False, p.reshape(lay), g.reshape(lay), t,
-                                       None if hd is None else hd.reshape(lay), *info, need=self._present(state),
-                                       seed=seed, phase="probe", **wide)))
-            if self.MODEL_WIDE and points:  # the probe phases of the group in lockstep: global_norm(g) is the group's
-                results = type(self)._lockstep([phase for _, _, phase in points])
-                points = [(p, g, r) for (p, g, _), r in zip(points, results)]
-            for p, g, (point, _) in points:
-                saved.append((p, p.detach().clone(), g.detach().clone(), point.reshape(p.shape)))
+                                          None if hd is None else hd.reshape(lay), *info, need=self._present(state),
+                                          seed=seed, phase="probe", **wide)))
+        if self.MODEL_WIDE and points:  # every parameter's probe phase in lockstep: global_norm(g) is the model's
+            results = type(self)._lockstep([phase for _, _, phase in points])
+            points = [(p, g, r) for (p, g, _), r in zip(points, results)]
+        saved = [(p, p.detach().clone(), g.detach().clone(), point.reshape(p.shape)) for p, g, (point, _) in points]
         try:
             for p, _, _, point in saved:
                 p.copy_(point)

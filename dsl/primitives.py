@@ -318,7 +318,7 @@ _add("rademacher_like", 1, _noise("rademacher_like"), "noise",
 RANDOM = frozenset({"randn_like", "rademacher_like"})
 """Primitives that draw seeded noise: their step function takes a ``seed``."""
 
-# -- model-wide values: reductions over every parameter of a parameter group -----------------------
+# -- model-wide values: reductions over every parameter of the model ------------------------------
 def _global_reduce(name: str):
     def rule(ts: Sequence[Type]) -> Type:
         _num(ts, name)

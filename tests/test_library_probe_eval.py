@@ -219,6 +219,25 @@ def test_sams_probe_norm_is_the_models_not_each_tensors(name, monkeypatch):
     assert rel_diff(alone[-1], ref[-1]) > 1e-6
 
 
+@pytest.mark.parametrize("name", list(SAMS))
+def test_sam_over_two_parameter_groups_takes_the_models_norm_as_the_reference(name, monkeypatch):
+    """Weight decay on the matrix and the 4-D tensor, none on the vector: the probe's gradient
+    norm is still taken over both groups (the reference's get_global_gradient_norm runs over all
+    of its groups), each group decaying with its own wd."""
+    monkeypatch.setattr(sam_module, "get_global_gradient_norm", float64_norm)
+    make, hyper = SAMS[name]
+    loss, _ = losses(MODEL, 20)
+
+    def groups(ps, key):
+        return [{"params": ps[1:], key: 0.1}, {"params": ps[:1], key: 0.0}]
+
+    ps = [torch.nn.Parameter(w) for w in start(MODEL)]
+    ours = step_with_closure(to_optimizer(name, groups(ps, "wd"), **hyper(0.0)), ps, loss, 20)
+    rs = [torch.nn.Parameter(w) for w in start(MODEL)]
+    ref = step_with_closure(make(groups(rs, "weight_decay"), 0.0), rs, loss, 20)
+    assert rel_diff([x for step in ours for x in step], [x for step in ref for x in step]) < TIGHT
+
+
 def test_sam_defaults_are_the_references():
     for name in SAMS:
         d = library.load(name).hyper_defaults

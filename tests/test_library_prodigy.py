@@ -129,15 +129,44 @@ def test_prodigy_matches_pytorch_optimizer_over_a_whole_model(wd, float64_defaul
 
 
 def test_prodigy_per_tensor_is_not_prodigy():
-    """Each tensor its own model (its own group, its own d) drifts from the reference."""
+    """Each tensor its own model (its own optimizer, its own d) drifts from the reference."""
     torch.set_default_dtype(torch.float64)
     try:
         ref, _ = _reference(lambda p: po.Prodigy(p), steps=10)
     finally:
         torch.set_default_dtype(torch.float32)
-    apart, _ = _ours_optimizer(lambda ps: [{"params": [p]} for p in ps], {}, steps=10)
+    params = [torch.nn.Parameter(w) for w in _start(torch.float64)]
+    opts = [to_optimizer("prodigy", [p]) for p in params]  # each tensor its own optimizer, its own d
+    targets, noise, apart = _targets(torch.float64), _noise(10, torch.float64), []
+    for i in range(10):
+        for p, g, o in zip(params, _grad([p.detach() for p in params], targets, noise[i]), opts):
+            p.grad = g
+            o.step()
+        apart.append([p.detach().clone() for p in params])
     assert rel_diff(apart[:1], ref[:1]) < TIGHT  # step 1 moves by d0 · sign-like Adam steps either way
     assert rel_diff(apart, ref) > 1e-6
+
+
+def _two_groups(params):
+    """The usual recipe: weight decay on the matrices and 4-D kernels, none on the vector."""
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def test_prodigy_over_two_parameter_groups_is_one_model_as_the_reference(float64_default):
+    """Groups that differ in weight decay share one d, as pytorch_optimizer.Prodigy's do (its
+    sums run over all groups)."""
+    ref, ref_d = _reference(lambda p: po.Prodigy(_two_groups(p)))
+    ours, opt = _ours_optimizer(lambda ps: [{"params": g["params"], "wd": g["weight_decay"]} for g in _two_groups(ps)], {})
+    assert rel_diff(ours, ref) < TIGHT
+    assert [float(g["global_state"]["d"]) for g in opt.param_groups] == pytest.approx([ref_d[-1]] * 2, rel=1e-12)
+    assert ref_d[-1] > 1e4 * ref_d[0]
+
+
+def test_prodigy_refuses_groups_that_differ_in_a_hyperparameter_of_d():
+    params = [torch.nn.Parameter(w) for w in _start()]
+    with pytest.raises(ValueError, match="'lr' enters the model-wide state"):
+        to_optimizer("prodigy", [{"params": params[:1]}, {"params": params[1:], "lr": 0.5}])
 
 
 def test_prodigy_matches_in_float32_with_the_references_float32_sums():

@@ -7,6 +7,7 @@ plainly here with torch (torch.nn.utils.clip_grad_norm_, torch.optim.SGD and Ada
 from __future__ import annotations
 
 import copy
+import math
 import random
 
 import pytest
@@ -211,11 +212,11 @@ def test_clip_by_global_norm_equals_clip_grad_norm_then_the_optimizer(adam, scal
         torch.testing.assert_close(b.detach(), e, rtol=1e-12, atol=1e-14)
     if scale == 1.0:  # clipping acted: per-tensor clipping would differ
         per_tensor = [torch.nn.Parameter(w.clone()) for w in _params()]
-        opt = to_optimizer(program, [{"params": [p]} for p in per_tensor])
+        opts = [to_optimizer(program, [p]) for p in per_tensor]  # each tensor its own model
         for gs in grads:
-            for p, g in zip(per_tensor, gs):
+            for p, g, o in zip(per_tensor, gs, opts):
                 p.grad = g.clone()
-            opt.step()
+                o.step()
         assert max(float((a.detach() - e).abs().max()) for a, e in zip(per_tensor, expected)) > 1e-3
 
 
@@ -248,22 +249,39 @@ def test_export_keeps_global_state_in_the_group_and_resumes_exactly():
         assert torch.equal(a.detach(), b.detach())
 
 
-def test_each_param_group_is_its_own_model():
-    grads = _grads(3)
+def test_param_groups_are_one_model_each_with_its_own_hyperparameters():
+    """Two groups with their own lr: the running norm r is the model's (over both groups, one r
+    in every group) and each tensor moves with its group's lr — RUNNING's equations by hand."""
+    grads, lrs, beta = _grads(4), [0.1, 0.1, 0.05], 0.9
     params = [torch.nn.Parameter(w.clone()) for w in _params()]
-    opt = to_optimizer(RUNNING, [{"params": params[:1]}, {"params": params[1:]}])
-    for gs in grads:
+    opt = to_optimizer(RUNNING, [{"params": params[:2]}, {"params": params[2:], "lr": 0.05}])
+    ws, r = _params(), 0.0
+    for t, gs in enumerate(grads, 1):
         for p, g in zip(params, gs):
             p.grad = g.clone()
         opt.step()
-    fn = compile_program(RUNNING)
-    for group, idx in ((opt.param_groups[0], [0]), (opt.param_groups[1], [1, 2])):
-        ws, st, gs = [_params()[i] for i in idx], [None] * len(idx), None
-        for t, g in enumerate(grads, 1):
-            ws, st, gs = fn.step_group(ws, [g[i].clone() for i in idx], st, gs, None, t)
-        for i, w in zip(idx, ws):
-            assert torch.equal(params[i].detach(), w)
-        assert torch.equal(group["global_state"]["r"], gs["r"].reshape(()))
+        r = beta * r + (1 - beta) * math.sqrt(sum(float((g * g).sum()) for g in gs))
+        ws = [w - lr * g / (r / (1 - beta**t) + 1e-8) for w, g, lr in zip(ws, gs, lrs)]
+    for p, w in zip(params, ws):
+        torch.testing.assert_close(p.detach(), w, rtol=1e-13, atol=1e-15)
+    for group in opt.param_groups:
+        assert float(group["global_state"]["r"]) == pytest.approx(r, rel=1e-13)
+
+
+def test_hyperparameters_of_the_global_state_must_agree_across_groups():
+    """beta enters the model's running norm r: groups may not differ in it (lr may)."""
+    params = [torch.nn.Parameter(w.clone()) for w in _params()]
+    assert type(to_optimizer(RUNNING, params[:1])).MODEL_HYPERS == ("beta",)
+    with pytest.raises(ValueError, match="'beta' enters the model-wide state"):
+        to_optimizer(RUNNING, [{"params": params[:1]}, {"params": params[1:], "beta": 0.8}])
+    opt = to_optimizer(RUNNING, [{"params": params[:1]}, {"params": params[1:], "lr": 0.01}])
+    opt.param_groups[1]["beta"] = 0.8  # as a scheduler might
+    for p, g in zip(params, _grads(1)[0]):
+        p.grad = g
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match=r"'beta'.*\[0.9, 0.8\]"):
+        opt.step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before)) and not opt.state
 
 
 def test_foreach_and_compile_are_refused_clearly_and_the_file_exports():
