@@ -29,7 +29,7 @@ sam_module = pytest.importorskip("pytorch_optimizer.optimizer.sam")
 STEPS = 60
 WDS = (0.0, 0.1)
 TIGHT = 1e-13  # relative to the largest |w|, float64
-NAMES = ["schedulefree_adamw", "sam_sgd", "sam_adamw", "mars", "mars_exact"]
+NAMES = ["schedulefree_adamw", "sam_sgd", "sam_adamw", "asam_sgd", "mars", "mars_exact"]
 
 params = pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 decays = pytest.mark.parametrize("wd", WDS)
@@ -130,8 +130,12 @@ def losses(shapes, steps, seed=3):
 
 
 def float64_norm(param_groups, device=None, *, weight_adaptive=False):
-    """pytorch_optimizer's squared global gradient norm (adaptive=False), summed in float64."""
-    return sum((p.grad.double() ** 2).sum() for g in param_groups for p in g["params"] if p.grad is not None).reshape(1)
+    """pytorch_optimizer's squared global gradient norm, summed in float64 (for a group with
+    adaptive=True and weight_adaptive, of the gradients times |p|)."""
+    def scaled(group, p):
+        return p.grad.double() * (p.double().abs() if weight_adaptive and group.get("adaptive", False) else 1.0)
+
+    return sum((scaled(g, p) ** 2).sum() for g in param_groups for p in g["params"] if p.grad is not None).reshape(1)
 
 
 SAMS = {
@@ -139,6 +143,14 @@ SAMS = {
                 lambda wd: {"lr": 0.05, "wd": wd}),
     "sam_adamw": (lambda ps, wd: po.SAM(ps, torch.optim.AdamW, rho=0.05, lr=1e-2, weight_decay=wd),
                   lambda wd: {"lr": 1e-2, "wd": wd}),
+}
+
+
+# pytorch_optimizer's adaptive SAM is ASAM with eta = 0
+ADAPTIVE = {
+    "asam_sgd": (lambda ps, wd: po.SAM(ps, torch.optim.SGD, rho=0.5, adaptive=True, lr=0.05, momentum=0.9,
+                                       weight_decay=wd),
+                 lambda wd: {"lr": 0.05, "wd": wd, "eta": 0.0}),
 }
 
 
@@ -170,7 +182,7 @@ def step_with_closure(opt, ps, loss, steps):
 def compare_sam(name, shapes, wd):
     """(the step function's largest difference from the reference, the exported optimizer's),
     relative to the largest |w|, over every tensor and step."""
-    make, hyper = SAMS[name]
+    make, hyper = {**SAMS, **ADAPTIVE}[name]
     loss, grad = losses(shapes, STEPS)
     fn = compile_program(library.load(name))
     ws, states, gstate, ours = start(shapes), [None] * len(shapes), None, []
@@ -236,6 +248,30 @@ def test_sam_over_two_parameter_groups_takes_the_models_norm_as_the_reference(na
     rs = [torch.nn.Parameter(w) for w in start(MODEL)]
     ref = step_with_closure(make(groups(rs, "weight_decay"), 0.0), rs, loss, 20)
     assert rel_diff([x for step in ours for x in step], [x for step in ref for x in step]) < TIGHT
+
+
+@decays
+def test_asam_with_eta_zero_matches_pytorch_optimizers_adaptive_sam_on_a_whole_model(wd, monkeypatch):
+    assert max(compare_sam("asam_sgd", MODEL, wd)) < 1e-8  # the reference's float32 norm
+    monkeypatch.setattr(sam_module, "get_global_gradient_norm", float64_norm)
+    assert max(compare_sam("asam_sgd", MODEL, wd)) < TIGHT
+
+
+def test_asams_probe_is_the_papers_equation():
+    """The probe point with eta = 0.01, against the paper's ε = ρ·T_w²·g/‖T_w·g‖ (T_w = |w| + η)
+    over the whole model, written plainly."""
+    ws, (_, grad) = start(MODEL), losses(MODEL, 1)
+    gs = grad(0, ws)
+    points = compile_program(library.load("asam_sgd")).probe_group(ws, gs, [None] * len(ws), None, None, 1)
+    T = [w.abs() + 0.01 for w in ws]
+    norm = math.sqrt(sum(float(((t * g) ** 2).sum()) for t, g in zip(T, gs)))
+    for point, w, t, g in zip(points, ws, T, gs):
+        torch.testing.assert_close(point, w + 0.5 * t * t * g / (norm + 1e-12), rtol=1e-14, atol=1e-15)
+
+
+def test_asam_defaults_are_the_papers():
+    d = library.load("asam_sgd").hyper_defaults
+    assert (d["rho"], d["eta"], d["momentum"]) == (0.5, 0.01, 0.9)
 
 
 def test_sam_defaults_are_the_references():
