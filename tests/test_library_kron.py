@@ -20,6 +20,7 @@ from harness import SHAPES, gradient_sequence, initial_param, run_program, run_r
 
 import pytorch_optimizer as po
 from optdisco import library
+from optdisco.dsl import parse, to_optimizer
 from optdisco.dsl import runtime as R
 from pytorch_optimizer.optimizer import psgd
 
@@ -91,6 +92,39 @@ def test_kron_order_five_tensors_use_the_rows_by_rest_view(shared_probe, float64
     assert rel_diff(ours, reference(0.0, w0, gs, on_view=True)) < 1e-10
     shared_probe[0] = 0
     assert rel_diff(ours, reference(0.0, w0, gs)) > 1e-4
+
+
+def kron_with_max_size(n):
+    """The library program with its largest triangular dimension (the reference's
+    max_size_triangular, 8192) set to n, so that small tensors take the diagonal factors."""
+    text = library.path("kron").read_text()
+    assert text.count("> 8192") == 4
+    return parse(text.replace("> 8192", f"> {n}"))
+
+
+@pytest.mark.parametrize("shape", [(7, 4), (4, 7), (7, 6), (4, 3)], ids=["rows", "cols", "both", "neither"])
+def test_kron_keeps_a_diagonal_factor_for_a_dimension_above_max_size(shared_probe, float64_solve, shape):
+    """Rows, columns or both above the limit keep a diagonal factor, as the reference's."""
+    w0, gs = initial_param(shape), gradient_sequence(shape, 40)
+    ours = run_program(kron_with_max_size(5), w0, gs, {"wd": 0.1, "lr": 0.01})
+    ref = run_reference(lambda p: po.Kron(p, lr=0.01, momentum=0.9, weight_decay=0.1, weight_decouple=True,
+                                          balance_prob=0.0, precondition_dtype=F64, max_size_triangular=5), w0, gs)
+    assert rel_diff(ours, ref) < 1e-10
+    if shape != (4, 3):  # the triangular rule would have been another preconditioner
+        shared_probe[0] = 0
+        assert rel_diff(run_program(library.load("kron"), w0, gs, {"wd": 0.1, "lr": 0.01}), ref) > 1e-4
+
+
+def test_kron_allocates_no_triangular_factor_above_8192():
+    """An embedding of 10,000 rows: a 10,000-long diagonal factor and a 4 × 4 triangular one,
+    never a 10,000 × 10,000 matrix (400 MB in float32)."""
+    p = torch.nn.Parameter(torch.zeros(10_000, 4))
+    opt = to_optimizer("kron", [p])
+    p.grad = torch.randn(10_000, 4)
+    opt.step()
+    sizes = {k: tuple(v.shape) for k, v in opt.state[p].items() if isinstance(v, torch.Tensor)}
+    assert max(math.prod(s) for s in sizes.values()) == 40_000, sizes
+    assert library.state_bytes("kron", (10_000, 4)) < 16
 
 
 def test_reference_float32_solve_is_the_only_difference(shared_probe):
