@@ -21,7 +21,7 @@ from harness import SHAPES, gradient_sequence, initial_param, max_abs_diff, run_
 
 import pytorch_optimizer as po
 from optdisco import library
-from optdisco.dsl import compile_program
+from optdisco.dsl import compile_program, parse, to_optimizer
 
 STEPS = 60
 WDS = (0.0, 0.1)
@@ -350,6 +350,38 @@ def test_soap_matches_pytorch_optimizer(float64_soap_qr, soap_shared_degenerate_
     rows, cols = view2d(shape) if len(shape) > 1 else (1, 1)
     assert soap_shared_degenerate_eigenbasis["replaced"] == ([abs(rows - cols)] if rows != cols else [])
     assert max_abs_diff(ours, ref) < 1e-13
+
+
+def soap_with_max_dim(n):
+    """The library program with its largest preconditioned side (the reference's
+    max_precondition_dim, 10000) set to n."""
+    text = library.path("soap").read_text()
+    assert text.count("<= 10000") == 10
+    return parse(text.replace("<= 10000", f"<= {n}"))
+
+
+@pytest.mark.parametrize("shape", [(7, 4), (4, 7), (7, 6)], ids=["rows", "cols", "both"])
+def test_soap_leaves_a_side_above_max_precondition_dim_unrotated(float64_soap_qr, shape):
+    """Rows, columns or both longer than the limit: no preconditioner on that side, as the reference's."""
+    w0, gs = case(shape)
+    hyper = {"wd": 0.01, "f": 3}
+    ours = run_program(soap_with_max_dim(5), w0, gs, hyper)
+    ref = run_reference(lambda p: po.SOAP(p, lr=3e-3, betas=(0.95, 0.95), weight_decay=0.01, precondition_frequency=3,
+                                          max_precondition_dim=5, merge_dims=False, precondition_1d=False,
+                                          correct_bias=True, normalize_gradient=False), w0, gs)
+    assert max_abs_diff(ours, ref) < 1e-13
+    assert max_abs_diff(run_program(library.load("soap"), w0, gs, hyper), ref) > 1e-4  # both sides rotated
+
+
+def test_soap_allocates_no_preconditioner_for_a_side_above_10000():
+    """An embedding of 12,000 rows keeps 4 × 4 matrices, never 12,000 × 12,000 ones (576 MB each)."""
+    p = torch.nn.Parameter(torch.zeros(12_000, 4))
+    opt = to_optimizer("soap", [p])
+    for _ in range(2):
+        p.grad = torch.randn(12_000, 4)
+        opt.step()
+    sizes = {k: tuple(v.shape) for k, v in opt.state[p].items() if isinstance(v, torch.Tensor)}
+    assert max(math.prod(s) for s in sizes.values()) == 48_000, sizes
 
 
 def test_soap_reference_depends_on_the_null_space_basis():
