@@ -373,10 +373,11 @@ def test_soap_leaves_a_side_above_max_precondition_dim_unrotated(float64_soap_qr
     assert max_abs_diff(run_program(library.load("soap"), w0, gs, hyper), ref) > 1e-4  # both sides rotated
 
 
-def test_soap_allocates_no_preconditioner_for_a_side_above_10000():
+@pytest.mark.parametrize("name", ["soap", "soap_modes"])
+def test_soap_allocates_no_preconditioner_for_a_side_above_10000(name):
     """An embedding of 12,000 rows keeps 4 × 4 matrices, never 12,000 × 12,000 ones (576 MB each)."""
     p = torch.nn.Parameter(torch.zeros(12_000, 4))
-    opt = to_optimizer("soap", [p])
+    opt = to_optimizer(name, [p])
     for _ in range(2):
         p.grad = torch.randn(12_000, 4)
         opt.step()
