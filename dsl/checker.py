@@ -302,11 +302,6 @@ class _Checker:
         if not p.body:
             raise DSLError("the program has no statements; it needs a rule for w (w = ...)", 1, 1)
         self._outputs()
-        if p.model_wide:  # a probe point is (its phase runs in lockstep); evaluation weights are not yet
-            for st in p.body:
-                if isinstance(st, Assign) and st.target == W_EVAL:
-                    raise _err(f"{st.target} is not available yet in a program with model-wide values "
-                               "(global reductions or global state)", st)
         self.block(p.body, env)
         if not any(isinstance(s, Assign) and s.target == "w" for s in walk_stmts(p.body)):
             last = p.body[-1]
@@ -334,6 +329,9 @@ class _Checker:
                 raise _err("w_eval must be the program's last statement: the evaluation weights after the step", ev)
             allowed = {"w", "t"} | self.hypers | set(p.state_names) | {n for n, t in INPUT_TYPES.items() if t.static}
             for x in sub_exprs(ev.value):
+                if isinstance(x, Call) and x.fn in GLOBAL_FNS:
+                    raise _err(f"w_eval may not use a model-wide reduction ({x.fn}): it is computed for each parameter "
+                               "apart when an optimizer switches to evaluation; keep the value in a global state", x)
                 if isinstance(x, Name) and x.id not in allowed:
                     raise _err(f"w_eval may read only w, the states, the hyperparameters, t and the parameter's shape "
                                f"(it is computed again from them when an optimizer switches to evaluation), not {x.id!r}", x)

@@ -66,8 +66,9 @@ calls ``ProgramOptimizer.__init__`` with its hyperparameters. What it does:
   ``state_dict`` taken in evaluation mode is complete); ``train()`` puts them back. ``step()``
   refuses to run in evaluation mode. For other programs both do nothing.
 - Programs with ``probe`` or ``w_eval`` run the per-tensor step only. A program with model-wide
-  values may have a probe point (not ``w_eval``): the probe phases of all parameters run in
-  lockstep, so ``global_norm(g)`` in ``probe = …`` is the model's gradient norm, over all groups.
+  values may have a probe point: the probe phases of all parameters run in lockstep, so
+  ``global_norm(g)`` in ``probe = …`` is the model's gradient norm, over all groups. It may have
+  ``w_eval`` too, reading the global states kept in the groups (``w_eval`` has no reductions).
 """
 
 import math
@@ -154,6 +155,11 @@ def _advance(state):
         return 1
     state[STEP_KEY] += 1
     return int(state[STEP_KEY].item())
+
+
+def _global_for(stored, p):
+    """The stored global states as parameter p's step reads them ([1, 1, 1] on its device), or None."""
+    return None if stored is None else {n: v.to(p.device).reshape(1, 1, 1) for n, v in stored.items()}
 
 
 def _shares_storage(a, b):
@@ -509,9 +515,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
             for p, g, state, info, hd in group_entries:
                 t = _advance(state)
                 lay = (1, info[0], info[1])
-                gstate = None
-                if stored is not None:
-                    gstate = {n: v.to(p.device).reshape(1, 1, 1) for n, v in stored.items()}
+                gstate = _global_for(stored, p)
                 w_in = p.reshape(lay)
                 inputs.append(w_in)
                 entries.append((p, state))
@@ -710,8 +714,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
                     seed = torch.full((1, 1, 1), state[SEED_KEY], dtype=torch.int64, device=p.device)
                 wide = {}
                 if self.MODEL_WIDE:
-                    wide["gstate"] = None if stored is None else {
-                        n: v.to(p.device).reshape(1, 1, 1) for n, v in stored.items()}
+                    wide["gstate"] = _global_for(stored, p)
                 points.append((p, g, step(self._to_program(state, lay), hyper, False, p.reshape(lay), g.reshape(lay), t,
                                           None if hd is None else hd.reshape(lay), *info, need=self._present(state),
                                           seed=seed, phase="probe", **wide)))
@@ -738,6 +741,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
         if not self.EVAL_WEIGHTS:
             return
         step = type(self)._step_tensor
+        stored = self._stored_global() if self.MODEL_WIDE else None
         for group in self.param_groups:
             hyper = {k: float(group[k]) for k in self.HYPERS}
             for p in group["params"]:
@@ -748,8 +752,12 @@ class ProgramOptimizer(torch.optim.Optimizer):
                 lay = (1, info[0], info[1])
                 t = int(state[STEP_KEY].item()) if STEP_KEY in state else 1
                 w = p.reshape(lay)
-                w_eval, _ = step(self._to_program(state, lay), hyper, False, w, w, t, None, *info,
-                                 need=self._present(state), phase="eval")
+                wide = {}
+                if self.MODEL_WIDE:  # w_eval may read the global states (it has no reductions)
+                    wide["gstate"] = _global_for(stored, p)
+                out = step(self._to_program(state, lay), hyper, False, w, w, t, None, *info,
+                           need=self._present(state), phase="eval", **wide)
+                w_eval, _ = type(self)._lockstep([out])[0] if self.MODEL_WIDE else out
                 state[TRAIN_KEY] = p.detach().clone(memory_format=torch.contiguous_format)
                 p.copy_(w_eval.reshape(p.shape))
 

@@ -161,7 +161,22 @@ class StepFunction:
         program's ``w_eval``; ``w`` itself for programs without one, or before the first step."""
         if not self.has_eval_weights or state is None or (not state and self.info.state_types):
             return w
+        if self.model_wide:  # a model of this one tensor, whose global states ride in its state dict
+            state, gstate = self._split_global(state)
+            return self.eval_weights_group([w], [state], gstate, hyper, t, batched=batched, roles=[role])[0]
         return self(w, w, state, hyper, t, batched=batched, role=role, _phase="eval")
+
+    def eval_weights_group(self, ws, states, gstate=None, hyper=None, t=1, *, batched=False, roles=None):
+        """``eval_weights`` of every parameter of a model (a list), its global states ``gstate``
+        as ``step_group`` returned them (``w_eval`` may read them; it has no reductions)."""
+        roles = roles or [None] * len(ws)
+        if not self.model_wide:
+            return [self.eval_weights(w, st, hyper, t, batched=batched, role=r) for w, st, r in zip(ws, states, roles)]
+        if not self.has_eval_weights or not gstate:  # before the first step: the weights themselves
+            return list(ws)
+        n = len(ws)
+        results = self._lockstep(ws, ws, states, gstate, hyper, t, [None] * n, batched, roles, [None] * n, "eval")
+        return [point.reshape(w.shape) for w, (point, _) in zip(ws, results)]
 
     def __call__(self, w, g, state=None, hyper=None, t=1, *, hess_diag=None, batched=False, role=None, seed=None,
                  g_probe=None, _phase=None):
@@ -243,7 +258,7 @@ class StepFunction:
 
     def _lockstep(self, ws, gs, states, gstate, hyper, t, hess_diags, batched, roles, seeds, phase, g_probes=None):
         """The generated step of a model-wide program, run on every tensor in lockstep (in the
-        probe phase when ``phase`` is "probe"): what each returns."""
+        probe or eval phase when ``phase`` says so): what each returns."""
         G = None
         if gstate:
             members = int(ws[0].shape[0]) if batched else 1
@@ -254,7 +269,7 @@ class StepFunction:
         steps = []
         for i, (w, g, st, hd, r, sd) in enumerate(zip(ws, gs, states, hess_diags, roles, seeds)):
             args, kw = self._prepare(w, g, st, hyper, t, hd, batched, r, sd, phase)
-            if self.uses_probe:
+            if self.uses_probe or self.has_eval_weights:
                 gp = None if g_probes is None else g_probes[i]
                 if gp is not None and gp.shape != w.shape:
                     raise ValueError(f"g_probe shape {tuple(gp.shape)} differs from parameter shape {tuple(w.shape)}")

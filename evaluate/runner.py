@@ -322,6 +322,11 @@ def _eval_params(fn, live: _Live, hyp: dict, t: int) -> dict[str, Tensor]:
     if not fn.has_eval_weights:
         return live.params
     with torch.no_grad():
+        if fn.model_wide:  # w_eval may read the model's global states
+            names = list(live.params)
+            ws = fn.eval_weights_group([live.params[n] for n in names], [live.state[n] for n in names],
+                                       live.state[GROUP], hyp, t, batched=True, roles=[live.roles[n] for n in names])
+            return dict(zip(names, ws))
         if live.flat is not None:
             return _split(fn.eval_weights(live.flat, live.state[FLAT], hyp, t, batched=True, role="vector"), live.shapes)
         return {n: fn.eval_weights(p, live.state[n], hyp, t, batched=True, role=live.roles[n])

@@ -60,8 +60,8 @@ BAD = [
     ("hyper lr = 0.1\nu = g\nw = w - lr * u\nw_eval = w - u\n", 4, 14, "not 'u'"),
     ("hyper lr = 0.1\nw = w - lr * g\nw_eval = sum(w)\n", 3, 1, "w_eval must have the parameter's shape"),
     ("hyper lr = 0.1\nw = w - lr * g\nif t > 1:\n    w_eval = w\nend\n", 4, 5, "at the top level"),
-    ("hyper lr = 0.1\nw = w - lr * g / global_norm(g)\nw_eval = w\n", 3, 1,
-     "w_eval is not available yet in a program with model-wide values"),
+    ("hyper lr = 0.1\nw = w - lr * g / global_norm(g)\nw_eval = w / global_norm(w)\n", 3, 14,
+     "w_eval may not use a model-wide reduction (global_norm)"),
     ("hyper lr = 0.1\nglobal s = 0\nprobe = w + g\ns = sum(g_probe)\nw = w - lr * s * g_probe\n", 4, 1,
      "depends on the parameter (through 'g_probe')"),
 ]

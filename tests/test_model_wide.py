@@ -368,3 +368,86 @@ def test_mutation_swaps_model_wide_reductions_and_children_check():
                           op="insert")
         inserted += child is not None and child.program.model_wide
     assert inserted > 0
+
+
+# -- evaluation weights in a model-wide program -----------------------------------------------------
+# an EMA of the weights, debiased by a model-wide step count k, trained by SGD with global-norm clipping
+EMA_EVAL = """
+hyper lr = 0.1, c = 1.0, beta = 0.9
+state x = zeros
+global k = 0
+k = k + 1
+w = w - lr * clip_by_global_norm(g, c)
+x = ema(x, w, beta)
+w_eval = x / (1 - beta ** k)
+"""
+
+
+def _ema_eval_by_hand(grads, lr=0.1, c=1.0, beta=0.9):
+    """EMA_EVAL's equations written plainly: (the weights, the evaluation weights) after each step."""
+    ws, xs, out = _params(), [torch.zeros(s, dtype=torch.float64) for s in SHAPES], []
+    for k, gs in enumerate(grads, 1):
+        norm = math.sqrt(sum(float((g * g).sum()) for g in gs))
+        scale = min(1.0, c / (norm + 1e-6))
+        ws = [w - lr * scale * g for w, g in zip(ws, gs)]
+        xs = [beta * x + (1 - beta) * w for x, w in zip(xs, ws)]
+        out.append((ws, [x / (1 - beta**k) for x in xs]))
+    return out
+
+
+def test_a_model_wide_program_may_have_eval_weights_that_read_its_global_state():
+    grads = _grads(5)
+    expected = _ema_eval_by_hand(grads)
+    fn = compile_program(EMA_EVAL)
+    assert fn.model_wide and fn.has_eval_weights
+    ws, states, gstate = _params(), [None] * len(SHAPES), None
+    assert fn.eval_weights_group(ws, states, gstate) == ws  # before the first step: the weights
+    for t, (gs, (w_ref, e_ref)) in enumerate(zip(grads, expected), 1):
+        ws, states, gstate = fn.step_group(ws, [g.clone() for g in gs], states, gstate, None, t)
+        evals = fn.eval_weights_group(ws, states, gstate, None, t)
+        for a, b, c, d in zip(ws, w_ref, evals, e_ref):
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+            torch.testing.assert_close(c, d, rtol=1e-13, atol=1e-15)
+    one, state = _params()[1], None  # one tensor: a model of that tensor, its k in its state
+    for t, gs in enumerate(grads[:2], 1):
+        one, state = fn(one, gs[1].clone(), state, None, t)
+    assert float(state["k"]) == 2.0
+    torch.testing.assert_close(fn.eval_weights(one, state, None, 2), state["x"] / (1 - 0.9**2), rtol=1e-14, atol=0)
+
+
+def test_exported_eval_puts_a_model_wide_programs_eval_weights_in_place():
+    grads = _grads(4)
+    expected = _ema_eval_by_hand(grads)
+    params = [torch.nn.Parameter(w.clone()) for w in _params()]
+    opt = to_optimizer(EMA_EVAL, [{"params": params[:1]}, {"params": params[1:]}])
+    for gs in grads:
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        opt.step()
+    w_ref, e_ref = expected[-1]
+    opt.eval()
+    for p, e in zip(params, e_ref):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-13, atol=1e-15)
+    opt.train()
+    for p, w in zip(params, w_ref):
+        torch.testing.assert_close(p.detach(), w, rtol=1e-13, atol=1e-15)
+
+
+def test_the_runner_judges_a_model_wide_program_at_its_eval_weights():
+    """run_members' held-out losses and Run.params are at w_eval, from each member's own k."""
+    task = proxies.get("mlp", size="proxy")
+    fn = compile_program(EMA_EVAL)
+    lrs, seeds, steps = [0.05, 0.2], [0, 1], 6
+    run = run_members(fn, task, lrs, seeds, steps, hyper={"c": 0.5})
+    at_w = EMA_EVAL.replace("w_eval = x / (1 - beta ** k)", "w_eval = w + 0 * x * k")  # judged at w itself
+    plain = run_members(compile_program(at_w), task, lrs, seeds, steps, hyper={"c": 0.5})
+    assert torch.equal(run.train, plain.train)  # w_eval does not change training
+    assert not torch.allclose(torch.as_tensor(run.final), torch.as_tensor(plain.final))
+    for name, p in run.params.items():
+        assert p.shape == plain.params[name].shape and not torch.allclose(p, plain.params[name])
+    by_t = EMA_EVAL.replace("w_eval = x / (1 - beta ** k)", "w_eval = x / (1 - beta ** t) + 0 * k")  # k is t
+    same = run_members(compile_program(by_t), task, lrs, seeds, steps, hyper={"c": 0.5})
+    # (float32: beta ** k with k a tensor and beta ** t with t an int round apart)
+    torch.testing.assert_close(torch.as_tensor(run.final), torch.as_tensor(same.final), rtol=1e-5, atol=0)
+    for n, p in run.params.items():
+        torch.testing.assert_close(p, same.params[n], rtol=1e-5, atol=1e-7)
