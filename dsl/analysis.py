@@ -217,7 +217,7 @@ def model_hypers(program: Program) -> frozenset:
 
     A global state is one value for the whole model, computed alike by every parameter's step
     from the reductions' totals: a hyperparameter that enters it there (Prodigy's lr, d0, d_coef,
-    growth_rate, beta2) must be the same for every parameter. Hyperparameters inside a
+    growth_rate, beta1, beta2, bias_correction) must be the same for every parameter. Hyperparameters inside a
     reduction's argument (each parameter's share, with its own group's values) and those the
     per-parameter statements read (weight decay) may differ between parameter groups."""
     roots = [s.name for s in program.global_states]

@@ -45,9 +45,9 @@ calls ``ProgramOptimizer.__init__`` with its hyperparameters. What it does:
   statements computed with its group's hyperparameters. The global states are one set for the
   model, kept (the same) in every group, ``group["global_state"]`` (a dict of 0-dim tensors), so
   ``state_dict``/``load_state_dict`` carry them. The hyperparameters they are computed from
-  outside the reductions (``MODEL_HYPERS``: Prodigy's lr, d0, d_coef, growth_rate, beta2) must be
-  the same in every group: ``ValueError`` when a group is added or a step is taken otherwise;
-  the rest (weight decay, say) may differ. They run the per-tensor step only: ``foreach=True``
+  outside the reductions (``MODEL_HYPERS``; Prodigy's lr, d0, d_coef, growth_rate, beta1, beta2,
+  bias_correction) must be the same in every group: ``ValueError`` when a group is added or a
+  step is taken otherwise; the rest (weight decay, say) may differ. They run the per-tensor step only: ``foreach=True``
   and ``compile=True`` are refused.
 - Programs that read ``hess_diag`` need ``step(closure)``: the closure must clear the gradients,
   compute the loss, call ``loss.backward(create_graph=True)`` and return the loss. The optimizer

@@ -113,6 +113,7 @@ def test_defaults_are_the_references():
         ref["lr"], ref["betas"], ref["d0"], ref["d_coef"], ref["weight_decay"], ref["eps"])
     assert ref["growth_rate"] == float("inf") and d["growth_rate"] == 1e30
     assert ref["beta3"] is None and not ref["bias_correction"] and not ref["safeguard_warmup"]
+    assert d["bias_correction"] == 0 and d["safeguard_warmup"] == 0
     assert ref["weight_decouple"] and not ref["fixed_decay"]
 
 
@@ -126,6 +127,21 @@ def test_prodigy_matches_pytorch_optimizer_over_a_whole_model(wd, float64_defaul
     exported, opt = _ours_optimizer(lambda ps: ps, {"wd": wd})
     assert rel_diff(exported, ref) < TIGHT
     assert float(opt.param_groups[0]["global_state"]["d"]) == pytest.approx(ref_d[-1], rel=1e-12)
+
+
+@pytest.mark.parametrize("bias_correction,safeguard_warmup", [(1, 0), (0, 1), (1, 1)])
+def test_prodigy_options_match_the_references(bias_correction, safeguard_warmup, float64_default):
+    """bias_correction divides d_lr by (1 − β1ᵗ)/√(1 − β2ᵗ); safeguard_warmup feeds s with d instead of
+    d_lr (the same at lr = 1 without bias correction: lr = 0.5 here)."""
+    ref, ref_d = _reference(lambda p: po.Prodigy(p, lr=0.5, weight_decay=0.1, bias_correction=bool(bias_correction),
+                                                 safeguard_warmup=bool(safeguard_warmup)))
+    hyper = {"lr": 0.5, "wd": 0.1, "bias_correction": bias_correction, "safeguard_warmup": safeguard_warmup}
+    ours, our_d = _ours_step_group(hyper)
+    assert rel_diff(ours, ref) < TIGHT and our_d == pytest.approx(ref_d, rel=1e-12)
+    exported, _ = _ours_optimizer(lambda ps: ps, hyper)
+    assert rel_diff(exported, ref) < TIGHT
+    plain, _ = _reference(lambda p: po.Prodigy(p, lr=0.5, weight_decay=0.1))
+    assert rel_diff(plain, ref) > 1e-6  # the option changes the run
 
 
 def test_prodigy_per_tensor_is_not_prodigy():
