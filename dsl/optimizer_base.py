@@ -83,6 +83,10 @@ TRAIN_KEY = "w_train"  # the training weights, while an optimizer with evaluatio
 # On the CPU the multi-tensor step runs on blocks of about this many elements, so that the
 # several passes of one step reuse the cache instead of streaming the whole model each time.
 CPU_BLOCK = 1 << 20
+# A model-wide program steps parameters of the same shape, group and step count of at most this
+# many elements together, as the members of one call (their many small steps cost Python time,
+# not memory traffic); larger ones step one by one.
+STACK_NUMEL = 1 << 14
 
 
 def _fe_new(out, op, foreach_op, *args, **kwargs):
@@ -155,6 +159,18 @@ def _advance(state):
         return 1
     state[STEP_KEY] += 1
     return int(state[STEP_KEY].item())
+
+
+def _members_as_one(gen):
+    """A step generator over stacked members that take their parts in one model: each share it
+    yields is summed over the members (the largest, for max) first."""
+    sent = None
+    while True:
+        try:
+            op, parts = gen.send(sent)
+        except StopIteration as stop:
+            return stop.value
+        sent = yield op, tuple(x.amax(0, keepdim=True) if op == "max" else x.sum(0, keepdim=True) for x in parts)
 
 
 def _global_for(stored, p):
@@ -506,34 +522,66 @@ class ProgramOptimizer(torch.optim.Optimizer):
     def _run_model_wide(self, grouped):
         """The per-tensor steps of every parameter of every group, run in lockstep, each with its
         group's hyperparameters: each yields its share of a model-wide reduction and gets the
-        model's total back (over all groups, as SAM's gradient norm and Prodigy's sums). The global
-        states are read from and written to every group's ``group[GLOBAL_KEY]``."""
-        step = type(self)._step_tensor
+        model's total back (over all groups, as SAM's gradient norm and Prodigy's sums). Small
+        parameters of the same shape, group, step count and states step together as the members
+        of one call (``_stacked``). The global states are read from and written to every group's
+        ``group[GLOBAL_KEY]``."""
         stored = self._stored_global()
-        steps, inputs, entries = [], [], []
-        for hyper, group_entries in grouped:
-            for p, g, state, info, hd in group_entries:
+        units, steps = [], []  # units: the parameters each step generator updates
+        for gi, (hyper, group_entries) in enumerate(grouped):
+            buckets = {}
+            for e in group_entries:
+                p, state, info = e[0], e[2], e[3]
                 t = _advance(state)
-                lay = (1, info[0], info[1])
-                gstate = _global_for(stored, p)
-                w_in = p.reshape(lay)
-                inputs.append(w_in)
-                entries.append((p, state))
-                seed = None
-                if self.RANDOM:
-                    seed = torch.full((1, 1, 1), state[SEED_KEY], dtype=torch.int64, device=p.device)
-                probe = {"v_g_probe": self._probe_grads[p].reshape(lay)} if self.USES_PROBE else {}
-                steps.append(step(self._to_program(state, lay), hyper, False, w_in, g.reshape(lay), t,
-                                  None if hd is None else hd.reshape(lay), *info, need=self._present(state),
-                                  seed=seed, gstate=gstate, **probe))
+                key = (id(e) if p.numel() > STACK_NUMEL or self.QUANTIZED else None, tuple(p.shape), info,
+                       p.dtype, p.device, t, tuple(sorted(self._present(state))))
+                buckets.setdefault(key, []).append(e)
+            for (_, _, _, _, _, t, _), members in buckets.items():
+                gen, w_in = self._stacked(members, hyper, t, stored)
+                units.append((members, w_in))
+                steps.append(gen)
         if not steps:
             return
         results = type(self)._lockstep(steps)
-        for (p, state), w_in, (new_w, new_s, _) in zip(entries, inputs, results):
-            _write_back(p, w_in, new_w)
-            self._from_program(new_s, p, state)
+        for (members, w_in), (new_w, new_s, _) in zip(units, results):
+            for i, (p, g, state, info, hd) in enumerate(members):
+                if len(members) == 1:
+                    self._from_program(new_s, p, state)  # first: a state set to w itself is copied before p changes
+                    _write_back(p, w_in, new_w)
+                    continue
+                p.copy_(new_w[i].reshape(p.shape))
+                self._from_program({n: v[i:i + 1].clone() if isinstance(v, torch.Tensor) and "." not in n else v
+                                    for n, v in new_s.items()}, p, state)
+        first = {n: v.reshape(-1)[0].clone() for n, v in results[0][2].items()}
         for group in self.param_groups:
-            group[GLOBAL_KEY] = {n: v.reshape(()).clone() for n, v in results[0][2].items()}
+            group[GLOBAL_KEY] = {n: v.clone() for n, v in first.items()}
+
+    def _stacked(self, members, hyper, t, stored):
+        """(The step generator of one parameter, or of several of the same shape stacked as the
+        members [M, R, C] of one call, and the weights it was given.) A stacked generator sums its
+        members' shares of each reduction (the largest, for max) before it yields; its global
+        states are [M, 1, 1] or [1, 1, 1]."""
+        step = type(self)._step_tensor
+        p0, info = members[0][0], members[0][3]
+        M, lay = len(members), (1, info[0], info[1])
+        S = [self._to_program(e[2], lay) for e in members]
+        if M == 1:
+            state = S[0]
+        else:
+            state = {n: torch.cat([s[n] for s in S]) if isinstance(v, torch.Tensor) else v for n, v in S[0].items()}
+
+        def stack(xs):
+            return xs[0].reshape(lay) if M == 1 else torch.stack([x.reshape(lay[1:]) for x in xs])
+
+        W, G = stack([e[0] for e in members]), stack([e[1] for e in members])
+        HD = None if members[0][4] is None else stack([e[4] for e in members])
+        seed = None
+        if self.RANDOM:
+            seed = torch.tensor([e[2][SEED_KEY] for e in members], dtype=torch.int64, device=p0.device).reshape(M, 1, 1)
+        probe = {"v_g_probe": stack([self._probe_grads[e[0]] for e in members])} if self.USES_PROBE else {}
+        gen = step(state, hyper, False, W, G, t, HD, *info, need=self._present(members[0][2]), seed=seed,
+                   gstate=_global_for(stored, p0), **probe)
+        return (gen if M == 1 else _members_as_one(gen)), W
 
     def _run_foreach(self, entries, hyper):
         ts = [1] * len(entries)

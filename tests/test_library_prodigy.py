@@ -239,3 +239,28 @@ def test_evaluation_trains_each_member_with_its_own_d():
             opt.step()
             sched.step()
         assert opt.param_groups[0]["d"] > 10 * 1e-6
+
+
+def test_exported_prodigy_on_many_small_tensors_matches_the_reference(float64_default):
+    """Small parameters of one shape step together as the members of one call (stacked); a large
+    one steps alone; the model is still one model: against the reference over 30 steps."""
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(7,)] * 12 + [(4, 3)] * 5 + [(130, 130)]
+    starts = [torch.randn(s, generator=gen) for s in shapes]
+    targets = [torch.randn(s, generator=gen) for s in shapes]
+    noise = [[0.1 * torch.randn(s, generator=gen) for s in shapes] for _ in range(30)]
+
+    def run(make):  # the gradient of ½‖w − target‖² plus noise
+        ps = [torch.nn.Parameter(w.clone()) for w in starts]
+        opt = make(ps)
+        for ns in noise:
+            for p, y, n in zip(ps, targets, ns):
+                p.grad = p.detach() - y + n
+            opt.step()
+        return [p.detach() for p in ps], opt
+
+    ours, opt = run(lambda ps: to_optimizer("prodigy", [{"params": ps[:14], "wd": 0.1}, {"params": ps[14:]}]))
+    ref, ref_opt = run(lambda ps: po.Prodigy([{"params": ps[:14], "weight_decay": 0.1}, {"params": ps[14:]}]))
+    assert rel_diff([ours], [ref]) < 1e-12
+    assert float(opt.param_groups[1]["global_state"]["d"]) == pytest.approx(ref_opt.param_groups[0]["d"], rel=1e-10)
+    assert ref_opt.param_groups[0]["d"] > 1e3 * 1e-6  # d grew: the model-wide sums are exercised
