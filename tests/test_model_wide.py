@@ -451,3 +451,34 @@ def test_the_runner_judges_a_model_wide_program_at_its_eval_weights():
     torch.testing.assert_close(torch.as_tensor(run.final), torch.as_tensor(same.final), rtol=1e-5, atol=0)
     for n, p in run.params.items():
         torch.testing.assert_close(p, same.params[n], rtol=1e-5, atol=1e-7)
+
+
+def test_a_state_set_to_the_weights_keeps_the_weights_before_the_step_in_export():
+    """``prev = w`` before the update: the exported optimizer (single and stacked parameters) keeps
+    the old weights in prev, as the step function does (state is stored before p is written)."""
+    text = """
+hyper lr = 0.1
+state prev = zeros
+global r = 0
+r = global_norm(w - prev)
+prev = w
+w = w - lr * g / (r + 1)
+"""
+    shapes = [(5,), (5,), (3, 2)]
+    gen = torch.Generator().manual_seed(3)
+    starts = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(4)]
+    params = [torch.nn.Parameter(w.clone()) for w in starts]
+    opt = to_optimizer(text, params)
+    fn = compile_program(text)
+    ws, states, gstate = [w.clone() for w in starts], [None] * 3, None
+    for t, gs in enumerate(grads, 1):
+        before = [p.detach().clone() for p in params]
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        opt.step()
+        ws, states, gstate = fn.step_group(ws, [g.clone() for g in gs], states, gstate, None, t)
+        for p, b, st in zip(params, before, states):
+            assert torch.equal(opt.state[p]["prev"], b) and torch.equal(st["prev"], b)
+    for p, w in zip(params, ws):
+        torch.testing.assert_close(p.detach(), w, rtol=1e-15, atol=1e-15)
