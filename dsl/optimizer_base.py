@@ -33,6 +33,9 @@ calls ``ProgramOptimizer.__init__`` with its hyperparameters. What it does:
 - Hyperparameters are checked when set through the constructor or ``add_param_group``
   (``ValueError`` naming the hyperparameter). A program with ``beta1`` and ``beta2`` also has
   torch's ``betas``, a two-way view of the pair (schedulers that cycle momentum drive beta1).
+- The per-tensor step (``foreach=False``, and the only step of the programs below) stacks small
+  parameters (at most ``STACK_NUMEL`` elements) of one shape, group, step count and allocated
+  states as the members of one call, as evaluation batches members; quantized state never stacks.
 - Programs that draw seeded noise (``randn_like``, ``rademacher_like``) run the per-tensor step
   only. Each parameter keeps its noise seed in its state (``"seed"``, an int: the optimizer's
   ``seed`` in the low 32 bits, the parameter's position among all parameters above them, as
@@ -83,10 +86,6 @@ TRAIN_KEY = "w_train"  # the training weights, while an optimizer with evaluatio
 # On the CPU the multi-tensor step runs on blocks of about this many elements, so that the
 # several passes of one step reuse the cache instead of streaming the whole model each time.
 CPU_BLOCK = 1 << 20
-# A model-wide program steps parameters of the same shape, group and step count of at most this
-# many elements together, as the members of one call (their many small steps cost Python time,
-# not memory traffic); larger ones step one by one.
-STACK_NUMEL = 1 << 14
 
 
 def _fe_new(out, op, foreach_op, *args, **kwargs):
@@ -236,6 +235,10 @@ class ProgramOptimizer(torch.optim.Optimizer):
     GLOBALS = ()  # the program's model-wide (global) states
     MODEL_WIDE = False  # the program computes model-wide values: all parameters step as one model
     MODEL_HYPERS = ()  # hyperparameters the global states are computed from: the same in every group
+    # The per-tensor step (no multi-tensor or compiled form, or foreach=False) steps parameters of
+    # one shape, group and step count with at most this many elements together, as the members of
+    # one call: their many small steps cost Python time, not memory traffic. Larger ones step alone.
+    STACK_NUMEL = 1 << 14
     PARAM_STATES = frozenset()  # the states with the parameter's shape
     READS = ()  # the shape inputs (SHAPE_INPUTS) the program reads
     USES_HESS_DIAG = False
@@ -488,21 +491,73 @@ class ProgramOptimizer(torch.optim.Optimizer):
             self._run_per_tensor(entries, hyper)
 
     def _run_per_tensor(self, entries, hyper):
-        step = type(self)._step_tensor
-        for p, g, state, info, hd in entries:
+        for members, t in self._buckets(entries):
+            (new_w, new_s), w_in = self._call_step(members, hyper, t)
+            self._store(members, w_in, new_w, new_s)
+
+    def _buckets(self, entries):
+        """[(members, t)]: the entries (their step counts advanced) in the sets that step together,
+        small parameters (at most ``STACK_NUMEL`` elements) of one shape, dtype, device, step count
+        and allocated states stacked as the members of one call; each larger one alone."""
+        buckets = {}
+        for e in entries:
+            p, state, info = e[0], e[2], e[3]
             t = _advance(state)
-            lay = (1, info[0], info[1])
-            S = self._to_program(state, lay)
-            w_in = p.reshape(lay)
-            seed = None
-            if self.RANDOM:
-                seed = torch.full((1, 1, 1), state[SEED_KEY], dtype=torch.int64, device=p.device)
-            probe = {"v_g_probe": self._probe_grads[p].reshape(lay)} if self.USES_PROBE else {}
-            new_w, new_s = step(S, hyper, False, w_in, g.reshape(lay), t,
-                                None if hd is None else hd.reshape(lay), *info, need=self._present(state), seed=seed,
-                                **probe)
-            self._from_program(new_s, p, state)  # first: a state set to w itself is copied before p changes
+            alone = p.numel() > self.STACK_NUMEL or self.QUANTIZED
+            key = (id(e) if alone else None, tuple(p.shape), info, p.dtype, p.device, t,
+                   tuple(sorted(self._present(state))), e[4] is None)
+            buckets.setdefault(key, []).append(e)
+        return [(members, key[5]) for key, members in buckets.items()]
+
+    def _call_step(self, members, hyper, t, stored=None):
+        """(The per-tensor step of one parameter, or of several of one shape stacked as the members
+        [M, R, C] of one call, and the weights it was given.) For a model-wide program the step is
+        a generator; a stacked one sums its members' shares of each reduction (the largest, for
+        max) before it yields, and its global states are [M, 1, 1] or [1, 1, 1]."""
+        step = type(self)._step_tensor
+        p0, info = members[0][0], members[0][3]
+        M, lay = len(members), (1, info[0], info[1])
+        S = [self._to_program(e[2], lay) for e in members]
+        if M == 1:
+            state = S[0]
+        else:
+            state = {n: torch.cat([s[n] for s in S]) if isinstance(v, torch.Tensor) else v for n, v in S[0].items()}
+
+        def stack(xs):
+            return xs[0].reshape(lay) if M == 1 else torch.stack([x.reshape(lay[1:]) for x in xs])
+
+        W, G = stack([e[0] for e in members]), stack([e[1] for e in members])
+        HD = None if members[0][4] is None else stack([e[4] for e in members])
+        kw = {}
+        if self.RANDOM:
+            kw["seed"] = torch.tensor([e[2][SEED_KEY] for e in members], dtype=torch.int64,
+                                      device=p0.device).reshape(M, 1, 1)
+        if self.USES_PROBE:
+            kw["v_g_probe"] = stack([self._probe_grads[e[0]] for e in members])
+        if self.MODEL_WIDE:
+            kw["gstate"] = _global_for(stored, p0)
+        out = step(state, hyper, False, W, G, t, HD, *info, need=self._present(members[0][2]), **kw)
+        if self.MODEL_WIDE and M > 1:
+            out = _members_as_one(out)
+        return out, W
+
+    def _store(self, members, w_in, new_w, new_s):
+        """The step's results written to the parameters and their states (a state first, so that
+        one set to w itself is copied before p changes)."""
+        if len(members) == 1:
+            p, state = members[0][0], members[0][2]
+            self._from_program(new_s, p, state)
             _write_back(p, w_in, new_w)
+            return
+        M = len(members)
+
+        def member(v, i):  # member i's value; one computed for all members (no member dimension) as it is
+            return v[i:i + 1].clone() if v.shape[0] == M else v.clone()
+
+        for i, (p, g, state, info, hd) in enumerate(members):
+            self._from_program({n: member(v, i) if isinstance(v, torch.Tensor) and "." not in n else v
+                                for n, v in new_s.items()}, p, state)
+            p.copy_(member(new_w, i).reshape(p.shape))
 
     def _stored_global(self):
         """The model-wide states kept in the parameter groups (the same in each), or None before
@@ -523,65 +578,23 @@ class ProgramOptimizer(torch.optim.Optimizer):
         """The per-tensor steps of every parameter of every group, run in lockstep, each with its
         group's hyperparameters: each yields its share of a model-wide reduction and gets the
         model's total back (over all groups, as SAM's gradient norm and Prodigy's sums). Small
-        parameters of the same shape, group, step count and states step together as the members
-        of one call (``_stacked``). The global states are read from and written to every group's
-        ``group[GLOBAL_KEY]``."""
+        parameters step stacked (``_buckets``). The global states are read from and written to
+        every group's ``group[GLOBAL_KEY]``."""
         stored = self._stored_global()
         units, steps = [], []  # units: the parameters each step generator updates
-        for gi, (hyper, group_entries) in enumerate(grouped):
-            buckets = {}
-            for e in group_entries:
-                p, state, info = e[0], e[2], e[3]
-                t = _advance(state)
-                key = (id(e) if p.numel() > STACK_NUMEL or self.QUANTIZED else None, tuple(p.shape), info,
-                       p.dtype, p.device, t, tuple(sorted(self._present(state))))
-                buckets.setdefault(key, []).append(e)
-            for (_, _, _, _, _, t, _), members in buckets.items():
-                gen, w_in = self._stacked(members, hyper, t, stored)
+        for hyper, group_entries in grouped:
+            for members, t in self._buckets(group_entries):
+                gen, w_in = self._call_step(members, hyper, t, stored)
                 units.append((members, w_in))
                 steps.append(gen)
         if not steps:
             return
         results = type(self)._lockstep(steps)
         for (members, w_in), (new_w, new_s, _) in zip(units, results):
-            for i, (p, g, state, info, hd) in enumerate(members):
-                if len(members) == 1:
-                    self._from_program(new_s, p, state)  # first: a state set to w itself is copied before p changes
-                    _write_back(p, w_in, new_w)
-                    continue
-                p.copy_(new_w[i].reshape(p.shape))
-                self._from_program({n: v[i:i + 1].clone() if isinstance(v, torch.Tensor) and "." not in n else v
-                                    for n, v in new_s.items()}, p, state)
+            self._store(members, w_in, new_w, new_s)
         first = {n: v.reshape(-1)[0].clone() for n, v in results[0][2].items()}
         for group in self.param_groups:
             group[GLOBAL_KEY] = {n: v.clone() for n, v in first.items()}
-
-    def _stacked(self, members, hyper, t, stored):
-        """(The step generator of one parameter, or of several of the same shape stacked as the
-        members [M, R, C] of one call, and the weights it was given.) A stacked generator sums its
-        members' shares of each reduction (the largest, for max) before it yields; its global
-        states are [M, 1, 1] or [1, 1, 1]."""
-        step = type(self)._step_tensor
-        p0, info = members[0][0], members[0][3]
-        M, lay = len(members), (1, info[0], info[1])
-        S = [self._to_program(e[2], lay) for e in members]
-        if M == 1:
-            state = S[0]
-        else:
-            state = {n: torch.cat([s[n] for s in S]) if isinstance(v, torch.Tensor) else v for n, v in S[0].items()}
-
-        def stack(xs):
-            return xs[0].reshape(lay) if M == 1 else torch.stack([x.reshape(lay[1:]) for x in xs])
-
-        W, G = stack([e[0] for e in members]), stack([e[1] for e in members])
-        HD = None if members[0][4] is None else stack([e[4] for e in members])
-        seed = None
-        if self.RANDOM:
-            seed = torch.tensor([e[2][SEED_KEY] for e in members], dtype=torch.int64, device=p0.device).reshape(M, 1, 1)
-        probe = {"v_g_probe": stack([self._probe_grads[e[0]] for e in members])} if self.USES_PROBE else {}
-        gen = step(state, hyper, False, W, G, t, HD, *info, need=self._present(members[0][2]), seed=seed,
-                   gstate=_global_for(stored, p0), **probe)
-        return (gen if M == 1 else _members_as_one(gen)), W
 
     def _run_foreach(self, entries, hyper):
         ts = [1] * len(entries)

@@ -18,6 +18,7 @@ import textwrap
 import pytest
 import torch
 
+from optdisco import library
 from optdisco.dsl import DSLError, export_python, parse, runtime, to_optimizer
 from tests.harness import gradient_sequence, initial_param, run_program
 
@@ -1083,3 +1084,46 @@ def test_a_state_set_to_w_itself_keeps_the_old_weights(path, monkeypatch):
         w, state = fn(w, g, state, None, t)
     torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(opt.state[p]["prev"], state["prev"], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", library.names())
+def test_stacked_small_parameters_step_as_they_do_one_by_one(name):
+    """The per-tensor path stacks small parameters of one shape as the members of one call: every
+    library program (foreach=False) gives what it gives stepping them one by one (STACK_NUMEL = 0)."""
+    program = library.load(name)
+    shapes = [(6,)] * 3 + [(4, 3)] * 3 + [(2, 3, 2, 2)] * 2
+    gen = torch.Generator().manual_seed(1)
+    starts = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(4)]
+    out = []
+    for stack in (True, False):
+        params = [torch.nn.Parameter(w.clone()) for w in starts]
+        opt = to_optimizer(name, params, foreach=False)
+        if not stack:
+            opt.STACK_NUMEL = 0
+        torch.manual_seed(0)  # Hutchinson's probes
+        for gs in grads:
+            def closure(gs=gs):  # a smooth nonconvex loss whose gradient at the start is near gs
+                opt.zero_grad()
+                loss = sum((0.5 * p * p + 0.3 * torch.cos(p) + g * p).sum() for p, g in zip(params, gs))
+                loss.backward(create_graph=program.uses_hess_diag)
+                return loss
+
+            if program.uses_hess_diag:
+                opt.step(closure)
+            elif program.uses_probe:
+                closure()
+                opt.step(closure)
+            else:
+                for p, g in zip(params, gs):
+                    p.grad = g.clone()
+                opt.step()
+        out.append(([p.detach() for p in params], opt.state_dict()["state"]))
+    (a, sa), (b, sb) = out
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+    for i in sa:
+        assert sa[i].keys() == sb[i].keys()
+        for k in sa[i]:
+            if isinstance(sa[i][k], torch.Tensor):
+                torch.testing.assert_close(sa[i][k], sb[i][k], rtol=1e-12, atol=1e-12)
