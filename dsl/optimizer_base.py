@@ -495,21 +495,22 @@ class ProgramOptimizer(torch.optim.Optimizer):
             (new_w, new_s), w_in = self._call_step(members, hyper, t)
             self._store(members, w_in, new_w, new_s)
 
-    def _buckets(self, entries):
-        """[(members, t)]: the entries (their step counts advanced) in the sets that step together,
+    def _buckets(self, entries, advance=True):
+        """[(members, t)]: the entries (their step counts advanced, or only read when ``advance`` is
+        false: the step about to be taken) in the sets that step together,
         small parameters (at most ``STACK_NUMEL`` elements) of one shape, dtype, device, step count
         and allocated states stacked as the members of one call; each larger one alone."""
         buckets = {}
         for e in entries:
             p, state, info = e[0], e[2], e[3]
-            t = _advance(state)
+            t = _advance(state) if advance else (int(state[STEP_KEY].item()) + 1 if STEP_KEY in state else 1)
             alone = p.numel() > self.STACK_NUMEL or self.QUANTIZED
             key = (id(e) if alone else None, tuple(p.shape), info, p.dtype, p.device, t,
                    tuple(sorted(self._present(state))), e[4] is None)
             buckets.setdefault(key, []).append(e)
         return [(members, key[5]) for key, members in buckets.items()]
 
-    def _call_step(self, members, hyper, t, stored=None):
+    def _call_step(self, members, hyper, t, stored=None, phase=None):
         """(The per-tensor step of one parameter, or of several of one shape stacked as the members
         [M, R, C] of one call, and the weights it was given.) For a model-wide program the step is
         a generator; a stacked one sums its members' shares of each reduction (the largest, for
@@ -532,7 +533,9 @@ class ProgramOptimizer(torch.optim.Optimizer):
         if self.RANDOM:
             kw["seed"] = torch.tensor([e[2][SEED_KEY] for e in members], dtype=torch.int64,
                                       device=p0.device).reshape(M, 1, 1)
-        if self.USES_PROBE:
+        if phase is not None:
+            kw["phase"] = phase
+        elif self.USES_PROBE:
             kw["v_g_probe"] = stack([self._probe_grads[e[0]] for e in members])
         if self.MODEL_WIDE:
             kw["gstate"] = _global_for(stored, p0)
@@ -752,37 +755,23 @@ class ProgramOptimizer(torch.optim.Optimizer):
                 f"{name} runs a program that reads g_probe, the gradient at another point: call loss.backward(), "
                 "then step(closure), where closure() clears the gradients, computes the loss, calls loss.backward() "
                 "and returns the loss (as pytorch_optimizer's SAM)")
-        step = type(self)._step_tensor
         if self.MODEL_WIDE:
             self._check_model_hypers(self.param_groups)
         stored = self._stored_global() if self.MODEL_WIDE else None
-        points = []  # (p, its gradient, the probe phase of its step: a point, or a generator if model-wide)
+        units, phases = [], []  # the parameters of each probe phase (stacked as _run_per_tensor's), and it
         for group in self.param_groups:
-            hyper = {k: float(group[k]) for k in self.HYPERS}
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                hd = hess.get(p) if hess is not None else None
-                info = self._info(p, group["role"])
-                state = self.state[p]
-                if not state and (self.USES_T or self.STATE_NAMES or self.RANDOM):
-                    self._init_param_state(p, g, hd, hyper, info, state)
-                t = int(state[STEP_KEY].item()) + 1 if STEP_KEY in state else 1
-                lay = (1, info[0], info[1])
-                seed = None
-                if self.RANDOM:
-                    seed = torch.full((1, 1, 1), state[SEED_KEY], dtype=torch.int64, device=p.device)
-                wide = {}
-                if self.MODEL_WIDE:
-                    wide["gstate"] = _global_for(stored, p)
-                points.append((p, g, step(self._to_program(state, lay), hyper, False, p.reshape(lay), g.reshape(lay), t,
-                                          None if hd is None else hd.reshape(lay), *info, need=self._present(state),
-                                          seed=seed, phase="probe", **wide)))
-        if self.MODEL_WIDE and points:  # every parameter's probe phase in lockstep: global_norm(g) is the model's
-            results = type(self)._lockstep([phase for _, _, phase in points])
-            points = [(p, g, r) for (p, g, _), r in zip(points, results)]
-        saved = [(p, p.detach().clone(), g.detach().clone(), point.reshape(p.shape)) for p, g, (point, _) in points]
+            hyper, entries = self._entries(group, hess)
+            for members, t in self._buckets(entries, advance=False):
+                out, _ = self._call_step(members, hyper, t, stored, phase="probe")
+                units.append(members)
+                phases.append(out)
+        if self.MODEL_WIDE and phases:  # every parameter's probe phase in lockstep: global_norm(g) is the model's
+            phases = type(self)._lockstep(phases)
+        saved = []  # (p, its weights, its gradient, its probe point)
+        for members, (point, _) in zip(units, phases):
+            for i, e in enumerate(members):
+                p, g = e[0], e[1]
+                saved.append((p, p.detach().clone(), g.detach().clone(), point[i if len(members) > 1 else 0].reshape(p.shape)))
         try:
             for p, _, _, point in saved:
                 p.copy_(point)
