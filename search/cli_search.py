@@ -153,6 +153,16 @@ def cmd_search(args) -> int:
         if bar:
             bar.close()
         ex.close()
+        search.close()  # its store's connection: closed now, not whenever the garbage collector gets to it
+    try:
+        return _summarize(run, cfg, args)
+    finally:
+        run.close()
+
+
+def _summarize(run, cfg, args) -> int:
+    """What a finished search prints: its counts, the best program, the optional held-out
+    validation and report, and where the run store is."""
     stats = run.stats()
     print(f"\n{stats['evaluations']} evaluations, {stats['duplicates']} duplicates skipped, "
           f"{stats['rejected']} children rejected before evaluation, {stats['failures']} worker failures, "
