@@ -172,11 +172,6 @@ def _members_as_one(gen):
         sent = yield op, tuple(x.amax(0, keepdim=True) if op == "max" else x.sum(0, keepdim=True) for x in parts)
 
 
-def _global_for(stored, p):
-    """The stored global states as parameter p's step reads them ([1, 1, 1] on its device), or None."""
-    return None if stored is None else {n: v.to(p.device).reshape(1, 1, 1) for n, v in stored.items()}
-
-
 def _shares_storage(a, b):
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
@@ -438,6 +433,8 @@ class ProgramOptimizer(torch.optim.Optimizer):
         loss, hess = None, None
         if self.EVAL_WEIGHTS and any(TRAIN_KEY in st for st in self.state.values()):
             raise RuntimeError(f"{type(self).__name__} is in evaluation mode (eval()): call train() before step()")
+        if self.MODEL_WIDE:  # before any closure runs or any state moves
+            self._check_model_hypers(self.param_groups)
         if self.USES_HESS_DIAG:
             loss, hess = self._hutchinson(closure)
         elif closure is not None and not self.USES_PROBE:
@@ -447,7 +444,6 @@ class ProgramOptimizer(torch.optim.Optimizer):
             loss, self._probe_grads = self._gradients_at_probe(closure, hess)
         try:
             if self.MODEL_WIDE:
-                self._check_model_hypers(self.param_groups)
                 self._run_model_wide([self._entries(group, hess) for group in self.param_groups])
             else:
                 for gi, group in enumerate(self.param_groups):
@@ -538,7 +534,7 @@ class ProgramOptimizer(torch.optim.Optimizer):
         elif self.USES_PROBE:
             kw["v_g_probe"] = stack([self._probe_grads[e[0]] for e in members])
         if self.MODEL_WIDE:
-            kw["gstate"] = _global_for(stored, p0)
+            kw["gstate"] = None if stored is None else {n: v.to(p0.device).reshape(1, 1, 1) for n, v in stored.items()}
         out = step(state, hyper, False, W, G, t, HD, *info, need=self._present(members[0][2]), **kw)
         if self.MODEL_WIDE and M > 1:
             out = _members_as_one(out)
@@ -755,8 +751,6 @@ class ProgramOptimizer(torch.optim.Optimizer):
                 f"{name} runs a program that reads g_probe, the gradient at another point: call loss.backward(), "
                 "then step(closure), where closure() clears the gradients, computes the loss, calls loss.backward() "
                 "and returns the loss (as pytorch_optimizer's SAM)")
-        if self.MODEL_WIDE:
-            self._check_model_hypers(self.param_groups)
         stored = self._stored_global() if self.MODEL_WIDE else None
         units, phases = [], []  # the parameters of each probe phase (stacked as _run_per_tensor's), and it
         for group in self.param_groups:
@@ -790,7 +784,6 @@ class ProgramOptimizer(torch.optim.Optimizer):
         training weights in their state; nothing for programs without w_eval, or if already done."""
         if not self.EVAL_WEIGHTS:
             return
-        step = type(self)._step_tensor
         stored = self._stored_global() if self.MODEL_WIDE else None
         for group in self.param_groups:
             hyper = {k: float(group[k]) for k in self.HYPERS}
@@ -798,15 +791,10 @@ class ProgramOptimizer(torch.optim.Optimizer):
                 state = self.state[p]
                 if TRAIN_KEY in state or (not state and (self.USES_T or self.STATE_NAMES or self.RANDOM)):
                     continue  # in eval mode already, or never stepped: the weights are the evaluation weights
-                info = self._info(p, group["role"])
-                lay = (1, info[0], info[1])
                 t = int(state[STEP_KEY].item()) if STEP_KEY in state else 1
-                w = p.reshape(lay)
-                wide = {}
-                if self.MODEL_WIDE:  # w_eval may read the global states (it has no reductions)
-                    wide["gstate"] = _global_for(stored, p)
-                out = step(self._to_program(state, lay), hyper, False, w, w, t, None, *info,
-                           need=self._present(state), phase="eval", **wide)
+                entry = (p, p, state, self._info(p, group["role"]), None)  # w_eval reads no gradient
+                out, _ = self._call_step([entry], hyper, t, stored, phase="eval")
+                # a model-wide program's step is a generator; w_eval may read the global states, not reductions
                 w_eval, _ = type(self)._lockstep([out])[0] if self.MODEL_WIDE else out
                 state[TRAIN_KEY] = p.detach().clone(memory_format=torch.contiguous_format)
                 p.copy_(w_eval.reshape(p.shape))
